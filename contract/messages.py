@@ -1,0 +1,101 @@
+"""Payload models of wire contract v1 (JSON).
+
+Every message carries an envelope: schema version `v`, `device_id`, `boot_id` (new on every start of
+the device software) and `seq`, which increases by one per message within a boot. Time stamps are
+integer milliseconds since the Unix epoch, UTC. A device that was offline sends its backlog as many
+samples in one message.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from contract import SCHEMA_VERSION
+
+MAX_SAMPLES_PER_MESSAGE = 5000
+EpochMs = Annotated[int, Field(ge=0, lt=32503680000000, description="ms since Unix epoch, UTC")]
+DeviceId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[^/+#\s]+$")]
+
+
+def now_ms() -> int:
+    return int(datetime.now(UTC).timestamp() * 1000)
+
+
+def ms_to_datetime(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, tz=UTC)
+
+
+class _Wire(BaseModel):
+    # Unknown fields are ignored so additive changes stay compatible within v1.
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class Envelope(_Wire):
+    v: Literal[1] = SCHEMA_VERSION
+    device_id: DeviceId
+    boot_id: Annotated[str, Field(min_length=1, max_length=64)]
+    seq: Annotated[int, Field(ge=0)]
+    sent_at: EpochMs | None = Field(default=None, description="when the device published this message")
+
+
+class MetricSample(_Wire):
+    ts: EpochMs
+    values: Annotated[dict[str, float], Field(min_length=1, max_length=256)]
+
+
+class TelemetryMessage(Envelope):
+    """Topic tlm/v1/{site}/{device_id}/{stream} where stream is env, traffic or health."""
+
+    samples: Annotated[list[MetricSample], Field(min_length=1, max_length=MAX_SAMPLES_PER_MESSAGE)]
+
+
+class CountSample(_Wire):
+    """Objects of one class crossing one counting line in one direction during one interval."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True, populate_by_name=True)
+
+    ts: EpochMs = Field(description="start of the interval")
+    interval_s: Annotated[int, Field(gt=0, le=86400)]
+    line: Annotated[str, Field(min_length=1, max_length=64)]
+    cls: Annotated[str, Field(alias="class", min_length=1, max_length=32)]
+    direction: Annotated[str, Field(min_length=1, max_length=16)]
+    count: Annotated[int, Field(ge=0)]
+
+
+class CountsMessage(Envelope):
+    """Topic tlm/v1/{site}/{device_id}/counts."""
+
+    counts: Annotated[list[CountSample], Field(min_length=1, max_length=MAX_SAMPLES_PER_MESSAGE)]
+
+
+class Event(_Wire):
+    ts: EpochMs
+    kind: Annotated[str, Field(min_length=1, max_length=64)]
+    severity: Literal["info", "warning", "critical"] = "info"
+    details: dict[str, Any] = Field(default_factory=dict)
+
+
+class EventsMessage(Envelope):
+    """Topic evt/v1/{site}/{device_id}/{kind}."""
+
+    events: Annotated[list[Event], Field(min_length=1, max_length=MAX_SAMPLES_PER_MESSAGE)]
+
+
+class StatusMessage(_Wire):
+    """Retained on state/v1/{device_id}: the birth message, or the last will the broker publishes."""
+
+    v: Literal[1] = SCHEMA_VERSION
+    device_id: DeviceId
+    status: Literal["online", "offline"]
+    boot_id: str
+    ts: EpochMs | None = Field(default=None, description="absent in a last will, set at connect time")
+    firmware: str | None = None
+    profile: str | None = None
+    config_version: int | None = None
+    reason: str | None = None
+
+
+COUNTS_STREAM = "counts"
