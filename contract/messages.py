@@ -17,7 +17,7 @@ from contract import SCHEMA_VERSION
 
 MAX_SAMPLES_PER_MESSAGE = 5000
 EpochMs = Annotated[int, Field(ge=0, lt=32503680000000, description="ms since Unix epoch, UTC")]
-DeviceId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[^/+#\s]+$")]
+DeviceId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:-]+$")]
 
 
 def now_ms() -> int:
@@ -91,7 +91,8 @@ class StatusMessage(_Wire):
     device_id: DeviceId
     status: Literal["online", "offline"]
     boot_id: str
-    ts: EpochMs | None = Field(default=None, description="absent in a last will, set at connect time")
+    ts: EpochMs = Field(description="birth: when connected; last will: when the connect was attempted. "
+                        "Ingest keeps the newest, so a late will never overrides a newer birth.")
     firmware: str | None = None
     profile: str | None = None
     config_version: int | None = None

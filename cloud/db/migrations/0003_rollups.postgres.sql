@@ -1,0 +1,57 @@
+-- 1-minute and 1-hour rollups as tables. Ingest marks the minutes each batch touched in
+-- rollup_dirty; ioc_refresh_rollups() recomputes exactly those buckets, so late backlog and
+-- duplicates are handled (recompute, never increment). Same columns as the TimescaleDB aggregates.
+
+CREATE TABLE IF NOT EXISTS telemetry_1m (
+    bucket    timestamptz NOT NULL,
+    device_id text NOT NULL,
+    metric    text NOT NULL,
+    n         bigint NOT NULL,
+    total     double precision NOT NULL,
+    min       double precision NOT NULL,
+    max       double precision NOT NULL,
+    mean      double precision NOT NULL,
+    PRIMARY KEY (device_id, metric, bucket)
+);
+CREATE INDEX IF NOT EXISTS telemetry_1m_bucket ON telemetry_1m (bucket);
+
+CREATE TABLE IF NOT EXISTS telemetry_1h (LIKE telemetry_1m INCLUDING ALL);
+
+-- Keyed by ingest instance too, so parallel ingest processes never wait on each other's rows.
+CREATE TABLE IF NOT EXISTS rollup_dirty (
+    instance text NOT NULL,
+    bucket   timestamptz NOT NULL,
+    PRIMARY KEY (instance, bucket)
+);
+
+CREATE OR REPLACE FUNCTION ioc_refresh_rollups()
+RETURNS integer LANGUAGE plpgsql AS $$
+DECLARE
+    minutes integer;
+BEGIN
+    CREATE TEMP TABLE IF NOT EXISTS _dirty (bucket timestamptz PRIMARY KEY) ON COMMIT DELETE ROWS;
+    WITH taken AS (DELETE FROM rollup_dirty RETURNING bucket)
+    INSERT INTO _dirty SELECT DISTINCT bucket FROM taken;
+    GET DIAGNOSTICS minutes = ROW_COUNT;
+    IF minutes = 0 THEN
+        RETURN 0;
+    END IF;
+
+    INSERT INTO telemetry_1m AS r (bucket, device_id, metric, n, total, min, max, mean)
+    SELECT d.bucket, t.device_id, t.metric, count(*), sum(t.value), min(t.value), max(t.value), avg(t.value)
+    FROM _dirty d
+    JOIN telemetry t ON t.ts >= d.bucket AND t.ts < d.bucket + interval '1 minute'
+    GROUP BY d.bucket, t.device_id, t.metric
+    ON CONFLICT (device_id, metric, bucket) DO UPDATE
+        SET n = EXCLUDED.n, total = EXCLUDED.total, min = EXCLUDED.min, max = EXCLUDED.max, mean = EXCLUDED.mean;
+
+    INSERT INTO telemetry_1h AS r (bucket, device_id, metric, n, total, min, max, mean)
+    SELECT h.hour, m.device_id, m.metric, sum(m.n), sum(m.total), min(m.min), max(m.max), sum(m.total) / sum(m.n)
+    FROM (SELECT DISTINCT date_trunc('hour', bucket, 'UTC') AS hour FROM _dirty) h
+    JOIN telemetry_1m m ON m.bucket >= h.hour AND m.bucket < h.hour + interval '1 hour'
+    GROUP BY h.hour, m.device_id, m.metric
+    ON CONFLICT (device_id, metric, bucket) DO UPDATE
+        SET n = EXCLUDED.n, total = EXCLUDED.total, min = EXCLUDED.min, max = EXCLUDED.max, mean = EXCLUDED.mean;
+
+    RETURN minutes;
+END $$;

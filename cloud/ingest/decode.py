@@ -1,0 +1,214 @@
+"""Turn one MQTT message into rows, or into a dead letter with a readable reason.
+
+Pure apart from the device lookup. Rows for COPY are built here as text lines (ts as epoch ms, the
+database converts), the cheapest form for the hot path.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from pydantic import ValidationError
+
+from contract import SCHEMA_VERSION, topics
+from contract.messages import (
+    COUNTS_STREAM,
+    CountsMessage,
+    Envelope,
+    EventsMessage,
+    StatusMessage,
+    TelemetryMessage,
+)
+from cloud.ingest.registry import KnownDevice
+
+
+@dataclass(slots=True)
+class DeadLetter:
+    topic: str
+    reason: str
+    payload: bytes
+    device_id: str | None = None
+
+
+@dataclass(slots=True)
+class Decoded:
+    """What one message contributes to a batch. A message may be partly valid: its bad points become
+    one dead letter, its good points are stored."""
+
+    topic: str
+    payload: bytes
+    device_id: str | None = None
+    telemetry: list[str] = field(default_factory=list)  # COPY lines: ts_ms, device, metric, value
+    counts: list[str] = field(default_factory=list)  # COPY lines: ts_ms, device, line, cls, dir, interval, n
+    events: list[tuple[int, str, str, str, str]] = field(default_factory=list)
+    status: StatusMessage | None = None
+    config: tuple[int | None, str] | None = None  # reported config: version, json
+    dead: DeadLetter | None = None
+    sent_at: int | None = None
+    newest_ts: int | None = None
+
+    @property
+    def points(self) -> int:
+        return len(self.telemetry) + len(self.counts) + len(self.events)
+
+
+def _validation_reason(e: ValidationError) -> str:
+    parts = []
+    for err in e.errors()[:5]:
+        loc = ".".join(str(x) for x in err["loc"]) or "payload"
+        parts.append(f"{loc}: {err['msg']}")
+    more = f" (+{e.error_count() - 5} more)" if e.error_count() > 5 else ""
+    return "schema: " + "; ".join(parts) + more
+
+
+class Decoder:
+    def __init__(
+        self,
+        lookup: Callable[[str], KnownDevice | None],
+        max_payload_bytes: int,
+        max_future_ms: int,
+        max_age_ms: int,
+    ) -> None:
+        self._lookup = lookup
+        self._max_payload = max_payload_bytes
+        self._max_future_ms = max_future_ms
+        self._max_age_ms = max_age_ms
+
+    def decode(self, topic: str, payload: bytes, now_ms: int) -> Decoded:
+        out = Decoded(topic, payload)
+        try:
+            self._decode(out, topic, payload, now_ms)
+        except _Reject as r:
+            out.telemetry.clear()
+            out.counts.clear()
+            out.events.clear()
+            out.status = None
+            out.config = None
+            out.dead = DeadLetter(topic, str(r), payload, out.device_id)
+        return out
+
+    def _decode(self, out: Decoded, topic: str, payload: bytes, now_ms: int) -> None:
+        if len(payload) > self._max_payload:
+            raise _Reject(f"oversize payload: {len(payload)} bytes > limit {self._max_payload}")
+        try:
+            t = topics.parse(topic)
+        except topics.TopicError as e:
+            raise _Reject(str(e)) from None
+        out.device_id = t.device_id
+        raw = _parse_json(payload)
+        v = raw.get("v")
+        if v != SCHEMA_VERSION:
+            raise _Reject(f"unsupported schema version {v!r}: this ingest speaks v{SCHEMA_VERSION}")
+        if raw.get("device_id") != t.device_id:
+            raise _Reject(f"device_id {raw.get('device_id')!r} in payload does not match topic ({t.device_id!r})")
+        known = self._lookup(t.device_id)
+        if known is None:
+            raise _Reject(f"unknown device {t.device_id!r}: not registered")
+        if t.site is not None and t.site != known.site:
+            raise _Reject(f"site {t.site!r} in topic, but device {t.device_id!r} is registered at {known.site!r}")
+        if t.kind == "tlm" and t.leaf == COUNTS_STREAM:
+            self._counts(out, _validate(CountsMessage, raw), known, now_ms)
+        elif t.kind == "tlm":
+            self._telemetry(out, _validate(TelemetryMessage, raw), known, now_ms)
+        elif t.kind == "evt":
+            self._events(out, _validate(EventsMessage, raw))
+        elif t.kind == "state":
+            out.status = _validate(StatusMessage, raw)
+        elif t.kind == "cfg" and t.leaf == "reported":
+            out.config = (raw.get("version"), json.dumps(raw.get("config", raw)))
+        else:
+            raise _Reject(f"topic {topic!r} is not one ingest stores")
+
+    def _check_ts(self, ts: int, now_ms: int) -> str | None:
+        if ts > now_ms + self._max_future_ms:
+            return f"ts {ts} is {(ts - now_ms) / 1000:.0f}s in the future (device clock?)"
+        if ts < now_ms - self._max_age_ms:
+            return f"ts {ts} is older than the retention window"
+        return None
+
+    def _telemetry(self, out: Decoded, msg: TelemetryMessage, known: KnownDevice, now_ms: int) -> None:
+        specs = known.profile.metrics
+        dev = msg.device_id
+        rejected: list[str] = []
+        lines = out.telemetry
+        for s in msg.samples:
+            ts = s.ts
+            why = self._check_ts(ts, now_ms)
+            if why:
+                rejected.append(why)
+                continue
+            for name, value in s.values.items():
+                spec = specs.get(name)
+                if spec is None:
+                    rejected.append(f"unknown metric {name!r} for profile {known.profile.profile}")
+                elif (why := spec.check(name, value)) is not None:
+                    rejected.append(why)
+                else:
+                    lines.append(f"{ts}\t{dev}\t{name}\t{value!r}\n")
+        self._finish(out, msg, rejected, max(s.ts for s in msg.samples))
+
+    def _counts(self, out: Decoded, msg: CountsMessage, known: KnownDevice, now_ms: int) -> None:
+        spec = known.profile.counts
+        if spec is None:
+            raise _Reject(f"profile {known.profile.profile} does not count objects")
+        rejected: list[str] = []
+        for c in msg.counts:
+            why = self._check_ts(c.ts, now_ms)
+            if why is None and c.cls not in spec.classes:
+                why = f"unknown class {c.cls!r}; known: {', '.join(spec.classes)}"
+            if why is None and c.direction not in spec.directions:
+                why = f"unknown direction {c.direction!r}; known: {', '.join(spec.directions)}"
+            if why is None and c.count > spec.max_per_interval:
+                why = f"count {c.count} above the plausible maximum {spec.max_per_interval}"
+            if why is None and ("\t" in c.line or "\n" in c.line or "\\" in c.line):
+                why = f"line name {c.line!r} has control characters"
+            if why:
+                rejected.append(why)
+                continue
+            out.counts.append(f"{c.ts}\t{msg.device_id}\t{c.line}\t{c.cls}\t{c.direction}\t{c.interval_s}\t{c.count}\n")
+        self._finish(out, msg, rejected, max(c.ts for c in msg.counts))
+
+    def _events(self, out: Decoded, msg: EventsMessage) -> None:
+        for e in msg.events:
+            out.events.append((e.ts, msg.device_id, e.kind, e.severity, json.dumps(e.details)))
+        out.sent_at = msg.sent_at
+        out.newest_ts = max(e.ts for e in msg.events)
+
+    def _finish(self, out: Decoded, msg: Envelope, rejected: list[str], newest: int) -> None:
+        out.sent_at = msg.sent_at
+        out.newest_ts = newest
+        if rejected:
+            shown = "; ".join(rejected[:5]) + (f" (+{len(rejected) - 5} more)" if len(rejected) > 5 else "")
+            total = len(rejected) + len(out.telemetry) + len(out.counts)
+            out.dead = DeadLetter(
+                out.topic, f"rejected {len(rejected)} of {total} points: {shown}", out.payload, msg.device_id
+            )
+
+
+M = TypeVar("M", bound=Envelope | StatusMessage)
+
+
+class _Reject(Exception):
+    """The whole message is unusable."""
+
+
+def _parse_json(payload: bytes) -> dict[str, Any]:
+    try:
+        raw = json.loads(payload)
+    except UnicodeDecodeError:
+        raise _Reject("payload is not UTF-8 text") from None
+    except json.JSONDecodeError as e:
+        raise _Reject(f"malformed JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+    if not isinstance(raw, dict):
+        raise _Reject(f"payload must be a JSON object, got {type(raw).__name__}")
+    return raw
+
+
+def _validate(model: type[M], raw: dict[str, Any]) -> M:
+    try:
+        return model.model_validate(raw)
+    except ValidationError as e:
+        raise _Reject(_validation_reason(e)) from None

@@ -1,0 +1,209 @@
+"""Ingest: MQTT consumer → batcher → writer, acknowledging only after the commit.
+
+Threads: paho's network thread appends to `pending`; the writer thread takes batches (by size or
+age), decodes, commits, then acks; a stats thread reports; a maintenance thread keeps partitions and
+rollups current (plain-PostgreSQL path). Any number of these processes can share one broker group.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import socket
+import threading
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+
+import psycopg
+
+from contract.messages import now_ms
+from cloud.db.maintenance import run_maintenance
+from cloud.db.migrate import current_backend
+from cloud.ingest.consumer import Inbound, MqttConsumer
+from cloud.ingest.decode import Decoded, Decoder
+from cloud.ingest.registry import DeviceCache
+from cloud.ingest.settings import IngestSettings
+from cloud.ingest.stats import IngestStats, Snapshot
+from cloud.ingest.writer import BatchWriter
+
+log = logging.getLogger(__name__)
+
+CommitHook = Callable[[Sequence[Decoded], int], None]
+
+_REPORT = """
+INSERT INTO ingest_instances AS i (instance, host, started_at, updated_at, messages, points, dead_letters,
+    msg_rate, point_rate, latency_p50_ms, latency_p99_ms, lag_ms, in_flight, db_ok, last_error)
+VALUES (%s, %s, %s, now(), %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+ON CONFLICT (instance) DO UPDATE SET host = EXCLUDED.host, started_at = EXCLUDED.started_at,
+    updated_at = now(), messages = EXCLUDED.messages, points = EXCLUDED.points,
+    dead_letters = EXCLUDED.dead_letters, msg_rate = EXCLUDED.msg_rate, point_rate = EXCLUDED.point_rate,
+    latency_p50_ms = EXCLUDED.latency_p50_ms, latency_p99_ms = EXCLUDED.latency_p99_ms,
+    lag_ms = EXCLUDED.lag_ms, in_flight = EXCLUDED.in_flight, db_ok = EXCLUDED.db_ok,
+    last_error = EXCLUDED.last_error"""
+
+
+class IngestService:
+    def __init__(self, settings: IngestSettings, on_commit: CommitHook | None = None) -> None:
+        self.settings = settings
+        self.stats = IngestStats()
+        self._on_commit = on_commit
+        self._pending: list[Inbound] = []
+        self._cond = threading.Condition()
+        self._stopping = threading.Event()
+        self._done = threading.Event()
+        self._devices = DeviceCache(settings.dsn)
+        self._decoder = Decoder(
+            self._devices.get, settings.max_payload_bytes,
+            max_future_ms=int(settings.max_future_s * 1000), max_age_ms=int(settings.max_age_days * 86_400_000),
+        )
+        self._consumer = MqttConsumer(settings, self._receive)
+        self._threads: list[threading.Thread] = []
+        self._started_at = datetime.now(UTC)
+        self.last_snapshot: Snapshot | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def start(self) -> None:
+        with psycopg.connect(self.settings.dsn) as conn:
+            backend = current_backend(conn)
+        if backend is None:
+            raise RuntimeError("database has no IOC schema: run `ioc db migrate` first")
+        self._writer = BatchWriter(self.settings.dsn, self.settings.instance, mark_rollups=backend == "postgres")
+        self._devices.refresh()
+        for name, target in (("ingest-writer", self._write_loop), ("ingest-stats", self._stats_loop),
+                             ("ingest-maintenance", self._maintenance_loop)):
+            t = threading.Thread(target=target, name=name, daemon=True)
+            t.start()
+            self._threads.append(t)
+        self._consumer.start()
+        log.info("ingest %s started (backend %s, batch %d msgs / %.0f ms)", self.settings.instance, backend,
+                 self.settings.batch_max_messages, self.settings.batch_max_delay_s * 1000)
+
+    def wait_connected(self, timeout: float = 10) -> bool:
+        return self._consumer.connected.wait(timeout)
+
+    def stop(self, timeout: float = 10) -> None:
+        """Commit and acknowledge what has arrived, then leave; anything unacknowledged stays queued
+        at the broker for the next start."""
+        self._stopping.set()
+        with self._cond:
+            self._cond.notify_all()
+        self._done.wait(timeout)
+        self._consumer.stop()
+        for t in self._threads:
+            t.join(timeout=2)
+        self._writer.close()
+        self._report(self.stats.snapshot(0))
+        log.info("ingest %s stopped: %d messages, %d points, %d dead letters", self.settings.instance,
+                 self.stats.messages, self.stats.points, self.stats.dead_letters)
+
+    # -- pipeline ----------------------------------------------------------------------------
+    def _receive(self, item: Inbound) -> None:
+        with self._cond:
+            self._pending.append(item)
+            if len(self._pending) >= self.settings.batch_max_messages:
+                self._cond.notify()
+
+    def _next_batch(self) -> list[Inbound]:
+        s = self.settings
+        with self._cond:
+            while not self._stopping.is_set():
+                if len(self._pending) >= s.batch_max_messages:
+                    break
+                if self._pending:
+                    wait = s.batch_max_delay_s - (time.monotonic() - self._pending[0].received)
+                    if wait <= 0:
+                        break
+                else:
+                    wait = s.batch_max_delay_s
+                self._cond.wait(wait)
+            batch = self._pending[: s.batch_max_messages]
+            del self._pending[: s.batch_max_messages]
+            return batch
+
+    def _write_loop(self) -> None:
+        try:
+            while not self._stopping.is_set():
+                batch = self._next_batch()
+                if batch:
+                    self._commit(batch, give_up_on_failure=False)
+            # Final flush of what had arrived when asked to stop; later arrivals stay at the broker.
+            with self._cond:
+                final, self._pending = self._pending, []
+            size = self.settings.batch_max_messages
+            for i in range(0, len(final), size):
+                if not self._commit(final[i : i + size], give_up_on_failure=True):
+                    break
+        finally:
+            self._done.set()
+
+    def _commit(self, batch: list[Inbound], give_up_on_failure: bool) -> bool:
+        delay = 0.25
+        while True:
+            try:
+                t = now_ms()
+                decoded = [self._decoder.decode(m.topic, m.payload, t) for m in batch]
+                dead = self._writer.write(decoded)
+                break
+            except psycopg.Error as e:
+                self.stats.failed(f"{type(e).__name__}: {e}".strip())
+                self._writer.close()
+                if give_up_on_failure or (self._stopping.is_set() and delay > 2):
+                    log.warning("database unavailable while stopping; %d messages stay queued at the broker",
+                                len(batch))
+                    return False
+                log.warning("database write failed (%s); retrying in %.1fs, not acknowledging", e, delay)
+                time.sleep(delay * random.uniform(0.8, 1.2))
+                delay = min(delay * 2, self.settings.retry_max_delay_s)
+        committed = now_ms()
+        self._consumer.ack(batch)
+        points = sum(d.points for d in decoded)
+        lat = [committed - d.sent_at for d in decoded if d.sent_at is not None]
+        lags = [committed - d.newest_ts for d in decoded if d.newest_ts is not None]
+        self.stats.committed(len(batch), points, dead, lat, lags)
+        if self._on_commit is not None:
+            self._on_commit(decoded, committed)
+        return True
+
+    # -- side loops --------------------------------------------------------------------------
+    def in_flight(self) -> int:
+        with self._cond:
+            return len(self._pending)
+
+    def _report(self, snap: Snapshot) -> None:
+        try:
+            with psycopg.connect(self.settings.dsn, connect_timeout=3) as conn:
+                conn.execute(_REPORT, (
+                    self.settings.instance, socket.gethostname(), self._started_at, snap.messages, snap.points,
+                    snap.dead_letters, snap.msg_rate, snap.point_rate, snap.latency_p50_ms, snap.latency_p99_ms,
+                    snap.lag_ms, snap.in_flight, snap.db_ok, snap.last_error,
+                ))
+        except psycopg.Error as e:
+            log.debug("could not write stats: %s", e)
+
+    def _stats_loop(self) -> None:
+        while not self._stopping.wait(self.settings.stats_interval_s):
+            snap = self.stats.snapshot(self.in_flight())
+            self.last_snapshot = snap
+            log.info(
+                "%.0f msg/s, %.0f points/s, total %d msgs / %d dead; publish→commit p50 %s p99 %s ms; "
+                "waiting %d; db %s",
+                snap.msg_rate, snap.point_rate, snap.messages, snap.dead_letters,
+                _fmt(snap.latency_p50_ms), _fmt(snap.latency_p99_ms), snap.in_flight,
+                "ok" if snap.db_ok else f"DOWN ({snap.last_error})",
+            )
+            self._report(snap)
+
+    def _maintenance_loop(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                with psycopg.connect(self.settings.dsn, autocommit=True, connect_timeout=3) as conn:
+                    run_maintenance(conn)
+            except psycopg.Error as e:
+                log.warning("maintenance failed: %s", e)
+            if self._stopping.wait(self.settings.maintenance_interval_s):
+                return
+
+
+def _fmt(v: float | None) -> str:
+    return "-" if v is None else f"{v:.0f}"

@@ -1,0 +1,39 @@
+"""Ingest settings: every field has a default and an IOC_INGEST_ environment variable."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _default_instance() -> str:
+    return f"ingest-{socket.gethostname()}-{os.getpid()}"
+
+
+class IngestSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="IOC_INGEST_", extra="forbid")
+
+    dsn: str = Field(description="PostgreSQL/TimescaleDB connection string")
+    mqtt_host: str = "127.0.0.1"
+    mqtt_port: int = 1883
+    mqtt_username: str | None = None
+    mqtt_password: str | None = Field(default=None, repr=False)
+    instance: str = Field(
+        default_factory=_default_instance,
+        description="MQTT client id and stats key. Keep it stable across restarts: the broker keeps the "
+        "persistent session (and the unacknowledged messages) under this id.",
+    )
+    share_group: str = Field(default="ingest", description="$share group: processes in one group split the load")
+    session_expiry_s: int = Field(default=7 * 24 * 3600, description="how long the broker queues for us while away")
+    receive_maximum: int = Field(default=20000, ge=1, le=65535, description="unacknowledged messages in flight")
+    batch_max_messages: int = Field(default=4000, ge=1, description="flush a batch at this many messages")
+    batch_max_delay_s: float = Field(default=0.2, gt=0, description="...or when the oldest waited this long")
+    max_payload_bytes: int = Field(default=256 * 1024, description="larger payloads go to dead letters")
+    max_future_s: float = Field(default=300, description="samples further ahead than this are a clock fault")
+    max_age_days: float = Field(default=90, description="samples older than retention are rejected")
+    stats_interval_s: float = Field(default=5.0, gt=0)
+    maintenance_interval_s: float = Field(default=15.0, gt=0)
+    retry_max_delay_s: float = Field(default=10.0, gt=0)

@@ -1,0 +1,176 @@
+"""Write a batch of decoded messages in one transaction: COPY into staging, then insert-or-ignore.
+
+Duplicates (same device, metric, time) are ignored by the primary keys, so redelivered messages are
+harmless. Errors are sorted by SQLSTATE class, as Telegraf does: connection-type errors are retried
+by the caller; a data error fails only the message that caused it, which goes to dead letters.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+import psycopg
+
+from cloud.ingest.decode import Decoded
+
+log = logging.getLogger(__name__)
+
+# Class 08 connection, 40 rollback (deadlock/serialization), 53 resources, 57 operator, 58 system.
+_TEMPORARY_CLASSES = ("08", "40", "53", "57", "58", "55P03", "25P03")
+
+_STAGING = """
+CREATE TEMP TABLE IF NOT EXISTS stage_telemetry (ts_ms bigint, device_id text, metric text, value float8)
+    ON COMMIT DELETE ROWS;
+CREATE TEMP TABLE IF NOT EXISTS stage_counts (
+    ts_ms bigint, device_id text, line text, cls text, direction text, interval_s int, count int)
+    ON COMMIT DELETE ROWS;
+"""
+_TS = "timestamptz 'epoch' + ts_ms * interval '1 millisecond'"
+_INSERT_TELEMETRY = f"""
+INSERT INTO telemetry (ts, device_id, metric, value)
+SELECT {_TS}, device_id, metric, value FROM stage_telemetry
+ON CONFLICT DO NOTHING"""
+_MARK_DIRTY = f"""
+INSERT INTO rollup_dirty (instance, bucket)
+SELECT DISTINCT %s::text, date_bin('1 minute', {_TS}, timestamptz '2000-01-01 00:00:00+00') FROM stage_telemetry
+ON CONFLICT DO NOTHING"""
+_INSERT_COUNTS = f"""
+INSERT INTO traffic_counts (ts, device_id, line, cls, direction, interval_s, count)
+SELECT {_TS}, device_id, line, cls, direction, interval_s, count FROM stage_counts
+ON CONFLICT DO NOTHING"""
+_INSERT_EVENTS = """
+INSERT INTO events (ts, device_id, kind, severity, details)
+VALUES (timestamptz 'epoch' + %s * interval '1 millisecond', %s, %s, %s, %s::jsonb)
+ON CONFLICT DO NOTHING"""
+_INSERT_DEAD = """
+INSERT INTO dead_letters (topic, device_id, reason, payload, payload_size) VALUES (%s, %s, %s, %s, %s)"""
+_UPSERT_STATUS = """
+INSERT INTO device_status AS s (device_id, online, boot_id, firmware, config_version, status_ts,
+                                status_changed_at, reason, last_seen)
+VALUES (%s, %s, %s, %s, %s, timestamptz 'epoch' + %s * interval '1 millisecond', now(), %s,
+        CASE WHEN %s THEN now() END)
+ON CONFLICT (device_id) DO UPDATE SET
+    online = EXCLUDED.online, boot_id = EXCLUDED.boot_id,
+    firmware = COALESCE(EXCLUDED.firmware, s.firmware),
+    config_version = COALESCE(EXCLUDED.config_version, s.config_version),
+    status_ts = EXCLUDED.status_ts, status_changed_at = EXCLUDED.status_changed_at, reason = EXCLUDED.reason,
+    last_seen = COALESCE(EXCLUDED.last_seen, s.last_seen)
+WHERE s.status_ts IS NULL OR EXCLUDED.status_ts >= s.status_ts"""
+_UPSERT_SEEN = """
+INSERT INTO device_status AS s (device_id, last_seen)
+SELECT * FROM unnest(%s::text[], %s::timestamptz[])
+ON CONFLICT (device_id) DO UPDATE SET last_seen = GREATEST(s.last_seen, EXCLUDED.last_seen)"""
+_UPSERT_CONFIG = """
+INSERT INTO device_config_reported AS c (device_id, version, config, reported_at)
+VALUES (%s, %s, %s::jsonb, now())
+ON CONFLICT (device_id) DO UPDATE SET version = EXCLUDED.version, config = EXCLUDED.config,
+    reported_at = EXCLUDED.reported_at"""
+
+DEAD_PAYLOAD_KEEP = 64 * 1024  # store at most this much of a rejected payload
+
+
+def is_temporary(e: psycopg.Error) -> bool:
+    """True when retrying the same batch later can succeed (connection lost, deadlock, shutdown)."""
+    if isinstance(e, psycopg.OperationalError | psycopg.InterfaceError) and e.sqlstate is None:
+        return True  # no SQLSTATE: the connection itself failed
+    state = e.sqlstate or ""
+    return any(state.startswith(c) for c in _TEMPORARY_CLASSES)
+
+
+class BatchWriter:
+    """Owns one database connection; call write() from one thread only."""
+
+    def __init__(self, dsn: str, instance: str, mark_rollups: bool) -> None:
+        self._dsn = dsn
+        self._instance = instance
+        self._mark_rollups = mark_rollups
+        self._conn: psycopg.Connection | None = None
+        self._seen_written: dict[str, float] = {}
+
+    def _connection(self) -> psycopg.Connection:
+        if self._conn is None or self._conn.closed or self._conn.broken:
+            self._conn = psycopg.connect(self._dsn, application_name=self._instance)
+            with self._conn.transaction():
+                self._conn.execute(_STAGING)
+        return self._conn
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def write(self, batch: Sequence[Decoded]) -> int:
+        """Commit the batch; returns the number of dead letters written. Raises psycopg.Error if the
+        database is unreachable (caller retries) — never loses a message silently."""
+        conn = self._connection()
+        try:
+            with conn.transaction():
+                return self._write(conn, batch)
+        except psycopg.Error as e:
+            if is_temporary(e):
+                raise
+            log.warning("batch of %d failed (%s: %s); writing message by message", len(batch), e.sqlstate, e)
+        return self._write_one_by_one(conn, batch)
+
+    def _write_one_by_one(self, conn: psycopg.Connection, batch: Sequence[Decoded]) -> int:
+        dead = 0
+        with conn.transaction():
+            for d in batch:
+                try:
+                    with conn.transaction():  # savepoint
+                        dead += self._write(conn, [d])
+                except psycopg.Error as e:
+                    if is_temporary(e):
+                        raise
+                    self._dead_letters(conn, [(d.topic, d.device_id, f"database rejected: {e}", d.payload)])
+                    dead += 1
+        return dead
+
+    def _write(self, conn: psycopg.Connection, batch: Sequence[Decoded]) -> int:
+        cur = conn.cursor()
+        telemetry = "".join(line for d in batch for line in d.telemetry)
+        if telemetry:
+            with cur.copy("COPY stage_telemetry FROM STDIN") as copy:
+                copy.write(telemetry)
+            cur.execute(_INSERT_TELEMETRY)
+            if self._mark_rollups:
+                cur.execute(_MARK_DIRTY, (self._instance,))
+        counts = "".join(line for d in batch for line in d.counts)
+        if counts:
+            with cur.copy("COPY stage_counts FROM STDIN") as copy:
+                copy.write(counts)
+            cur.execute(_INSERT_COUNTS)
+        events = [e for d in batch for e in d.events]
+        if events:
+            cur.executemany(_INSERT_EVENTS, events)
+        for d in batch:
+            if d.status is not None:
+                s = d.status
+                online = s.status == "online"
+                cur.execute(_UPSERT_STATUS, (s.device_id, online, s.boot_id, s.firmware, s.config_version, s.ts,
+                                             s.reason, online))
+            if d.config is not None:
+                cur.execute(_UPSERT_CONFIG, (d.device_id, d.config[0], d.config[1]))
+        dead = [(d.dead.topic, d.dead.device_id, d.dead.reason, d.dead.payload) for d in batch if d.dead]
+        self._dead_letters(conn, dead)
+        self._last_seen(cur, batch)
+        return len(dead)
+
+    def _dead_letters(self, conn: psycopg.Connection, rows: list[tuple[str, str | None, str, bytes]]) -> None:
+        if rows:
+            conn.cursor().executemany(
+                _INSERT_DEAD, [(t, dev, why, p[:DEAD_PAYLOAD_KEEP], len(p)) for t, dev, why, p in rows]
+            )
+
+    def _last_seen(self, cur: psycopg.Cursor, batch: Sequence[Decoded], every_s: float = 5.0) -> None:
+        """last_seen per device, written at most every few seconds per device to spare the hot path."""
+        now = datetime.now(UTC)
+        stamp = now.timestamp()
+        due = sorted({d.device_id for d in batch if d.points and d.device_id
+                      and stamp - self._seen_written.get(d.device_id, 0.0) >= every_s})
+        if due:
+            cur.execute(_UPSERT_SEEN, (due, [now] * len(due)))
+            for dev in due:
+                self._seen_written[dev] = stamp

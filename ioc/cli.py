@@ -1,0 +1,243 @@
+"""`ioc`: one command line for the whole platform (typer + rich)."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from pathlib import Path
+from typing import Annotated
+
+import psycopg
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.table import Table
+
+from ioc.endpoints import resolve
+from ioc.stack import Stack, StackError
+
+console = Console()
+app = typer.Typer(help="City IOC telemetry platform: local stack, ingest, simulator, demo.", no_args_is_help=True)
+stack_app = typer.Typer(help="A real Mosquitto + PostgreSQL on loopback, data under --dir.", no_args_is_help=True)
+db_app = typer.Typer(help="Database schema and upkeep.", no_args_is_help=True)
+devices_app = typer.Typer(help="Provision devices (the registry).", no_args_is_help=True)
+app.add_typer(stack_app, name="stack")
+app.add_typer(db_app, name="db")
+app.add_typer(devices_app, name="devices")
+
+StackDir = Annotated[Path | None, typer.Option("--dir", help="stack folder (default .ioc or $IOC_STACK_DIR)")]
+Dsn = Annotated[str | None, typer.Option(help="database URL (default: IOC_DSN or the local stack)")]
+MqttHost = Annotated[str | None, typer.Option(help="broker host (default: IOC_MQTT_HOST or the local stack)")]
+MqttPort = Annotated[int | None, typer.Option(help="broker port (default: IOC_MQTT_PORT or the local stack)")]
+
+
+@app.callback()
+def _main(log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING")] = "INFO") -> None:
+    logging.basicConfig(level=log_level.upper(), format="%(message)s", datefmt="%H:%M:%S",
+                        handlers=[RichHandler(console=Console(stderr=True), show_path=False)])
+
+
+def _fail(msg: str) -> typer.Exit:
+    console.print(f"[red]error:[/red] {msg}")
+    return typer.Exit(1)
+
+
+# -- stack ------------------------------------------------------------------------------------
+def _status_table(stack: Stack) -> Table:
+    t = Table("service", "state", "pid", "address", "data")
+    for s in stack.status():
+        t.add_row(str(s["service"]), "[green]running[/green]" if s["running"] else "[red]stopped[/red]",
+                  str(s["pid"] or "-"), str(s["address"]), str(s["data"]))
+    return t
+
+
+@stack_app.command("up")
+def stack_up(directory: StackDir = None, mqtt_port: Annotated[int | None, typer.Option()] = None,
+             pg_port: Annotated[int | None, typer.Option()] = None,
+             migrate: Annotated[bool, typer.Option(help="apply schema migrations")] = True) -> None:
+    """Start Mosquitto and PostgreSQL (idempotent) and migrate the schema."""
+    try:
+        stack = Stack.load(directory, mqtt_port=mqtt_port, pg_port=pg_port)
+        already = stack.up()
+        if migrate:
+            from cloud.db.migrate import migrate as run_migrate
+
+            backend, applied = run_migrate(stack.dsn)
+            console.print(f"schema: {backend} backend, {len(applied)} migration(s) applied")
+    except StackError as e:
+        raise _fail(str(e)) from None
+    for name, was in already.items():
+        console.print(f"{name}: {'already running' if was else 'started'}")
+    console.print(_status_table(stack))
+    console.print(f"DSN: {stack.dsn}")
+
+
+@stack_app.command("down")
+def stack_down(directory: StackDir = None) -> None:
+    """Stop both servers; data stays under the stack folder."""
+    try:
+        stack = Stack.existing(directory)
+        stack.down()
+    except StackError as e:
+        raise _fail(str(e)) from None
+    console.print(_status_table(stack))
+
+
+@stack_app.command("status")
+def stack_status(directory: StackDir = None) -> None:
+    try:
+        console.print(_status_table(Stack.existing(directory)))
+    except StackError as e:
+        raise _fail(str(e)) from None
+
+
+# -- database ---------------------------------------------------------------------------------
+@db_app.command("migrate")
+def db_migrate(dsn: Dsn = None, directory: StackDir = None,
+               backend: Annotated[str, typer.Option(help="auto, timescale or postgres")] = "auto") -> None:
+    """Apply pending migrations (TimescaleDB when available, else plain PostgreSQL)."""
+    from cloud.db.migrate import migrate as run_migrate
+
+    dsn = dsn or resolve(stack_dir=directory).dsn
+    chosen, applied = run_migrate(dsn, backend)
+    console.print(f"backend {chosen}; applied: {', '.join(applied) or 'nothing (up to date)'}")
+
+
+@db_app.command("maintain")
+def db_maintain(dsn: Dsn = None, directory: StackDir = None) -> None:
+    """One pass of partition, retention and rollup upkeep (ingest also runs it periodically)."""
+    from cloud.db.maintenance import run_maintenance
+
+    dsn = dsn or resolve(stack_dir=directory).dsn
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        console.print(run_maintenance(conn))
+
+
+# -- devices ----------------------------------------------------------------------------------
+@devices_app.command("register")
+def devices_register(device_id: str, site: Annotated[str, typer.Option()],
+                     profile: Annotated[str, typer.Option(help="a profile from firmware-config/profiles")],
+                     dsn: Dsn = None, directory: StackDir = None) -> None:
+    from cloud.db.devices import register_devices
+
+    with psycopg.connect(resolve(dsn, stack_dir=directory).dsn) as conn:
+        try:
+            register_devices(conn, [(device_id, site, profile)])
+        except ValueError as e:
+            raise _fail(str(e)) from None
+    console.print(f"registered {device_id} at {site} ({profile})")
+
+
+@devices_app.command("list")
+def devices_list(dsn: Dsn = None, directory: StackDir = None, limit: int = 50) -> None:
+    with psycopg.connect(resolve(dsn, stack_dir=directory).dsn) as conn:
+        rows = conn.execute(
+            "SELECT d.device_id, d.site, d.profile, s.online, s.last_seen, s.boot_id FROM devices d"
+            " LEFT JOIN device_status s USING (device_id) ORDER BY d.device_id LIMIT %s", (limit,)).fetchall()
+    t = Table("device", "site", "profile", "online", "last seen", "boot")
+    for r in rows:
+        t.add_row(r[0], r[1], r[2], "yes" if r[3] else "no", str(r[4] or "-"), str(r[5] or "-")[:8])
+    console.print(t)
+
+
+# -- ingest -----------------------------------------------------------------------------------
+@app.command()
+def ingest(dsn: Dsn = None, mqtt_host: MqttHost = None, mqtt_port: MqttPort = None, directory: StackDir = None,
+           instance: Annotated[str | None, typer.Option(help="stable id: the broker keeps our session under it")] = None,
+           stats: Annotated[bool, typer.Option("--stats", help="show the running ingest processes and exit")] = False,
+           ) -> None:
+    """Run the ingest service: MQTT → validate → batch → PostgreSQL, ack after commit. Ctrl-C stops cleanly."""
+    from cloud.ingest.service import IngestService
+    from cloud.ingest.settings import IngestSettings
+
+    ep = resolve(dsn, mqtt_host, mqtt_port, directory)
+    if stats:
+        from ioc.views import ingest_table
+        from ioc.status import read_status
+
+        with psycopg.connect(ep.dsn) as conn:
+            console.print(ingest_table(read_status(conn)))
+        return
+    extra = {"instance": instance} if instance else {}
+    svc = IngestService(IngestSettings(dsn=ep.dsn, mqtt_host=ep.mqtt_host, mqtt_port=ep.mqtt_port, **extra))
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    svc.start()
+    stop.wait()
+    svc.stop()
+
+
+# -- simulator --------------------------------------------------------------------------------
+@app.command()
+def sim(gateways: int = 20, cameras: int = 4, interval: Annotated[float, typer.Option(help="seconds")] = 10.0,
+        duration: Annotated[float | None, typer.Option(help="seconds; default until Ctrl-C")] = None,
+        bad_ratio: float = 0.0, dup_ratio: float = 0.0, fault_rate: float = 0.002, seed: int = 42,
+        dsn: Dsn = None, mqtt_host: MqttHost = None, mqtt_port: MqttPort = None, directory: StackDir = None) -> None:
+    """Simulate a fleet of gateways and camera boxes (registers them first)."""
+    from cloud.db.devices import register_devices
+    from simulators.fleet import Fleet, FleetSpec
+    from simulators.publisher import FleetPublisher
+    from simulators.runner import SimRunner
+
+    ep = resolve(dsn, mqtt_host, mqtt_port, directory)
+    fleet = Fleet(FleetSpec(gateways=gateways, cameras=cameras, interval_s=interval, fault_rate=fault_rate, seed=seed))
+    with psycopg.connect(ep.dsn) as conn:
+        register_devices(conn, fleet.registrations())
+    stop = threading.Event()
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    with FleetPublisher(fleet, ep.mqtt_host, ep.mqtt_port) as pub:
+        runner = SimRunner(fleet, pub, bad_ratio=bad_ratio, dup_ratio=dup_ratio, seed=seed)
+        console.print(f"{len(fleet.devices)} devices connected; publishing every {interval:g}s")
+        runner.run(stop, duration, on_second=None)
+        pub.drain(10)
+    console.print(f"published {pub.sent.published}, acknowledged {len(pub.sent.acked)}; "
+                  f"bad {sum(runner.bad_sent.values())}, duplicates {runner.duplicates_sent}")
+
+
+# -- status and demo --------------------------------------------------------------------------
+@app.command()
+def status(dsn: Dsn = None, directory: StackDir = None) -> None:
+    """Stack, ingest processes, devices online, rows, dead letters."""
+    from ioc.status import read_status
+    from ioc.views import status_view
+
+    try:
+        stack = Stack.existing(directory)
+        console.print(_status_table(stack))
+    except StackError:
+        stack = None
+    ep_dsn = dsn or (stack.dsn if stack else resolve(stack_dir=directory).dsn)
+    try:
+        with psycopg.connect(ep_dsn, connect_timeout=3) as conn:
+            console.print(status_view(read_status(conn)))
+    except psycopg.OperationalError as e:
+        raise _fail(f"database unreachable: {e}") from None
+
+
+@app.command()
+def demo(gateways: int = 300, cameras: int = 20, interval: float = 5.0,
+         duration: Annotated[float | None, typer.Option(help="seconds; default until Ctrl-C")] = None,
+         bad_ratio: float = 0.01, directory: StackDir = None, seed: int = 42) -> None:
+    """The whole path live: stack up, migrate, ingest, a simulated city, and a live view."""
+    from ioc.demo import run_demo
+
+    try:
+        run_demo(console, directory, gateways=gateways, cameras=cameras, interval_s=interval,
+                 duration_s=duration, bad_ratio=bad_ratio, seed=seed)
+    except StackError as e:
+        raise _fail(str(e)) from None
+
+
+def _mount_optional() -> None:
+    """Edge commands need the edge extras; the cloud side runs without them."""
+    try:
+        from edge.cli import app as edge_app
+    except ImportError:
+        return
+    app.add_typer(edge_app, name="edge")
+
+
+_mount_optional()

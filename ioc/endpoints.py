@@ -1,0 +1,31 @@
+"""Where the broker and database are: flags, then IOC_DSN / IOC_MQTT_* variables, then the local stack."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from ioc.stack import Stack, StackError
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    dsn: str
+    mqtt_host: str
+    mqtt_port: int
+
+
+def resolve(dsn: str | None = None, mqtt_host: str | None = None, mqtt_port: int | None = None,
+            stack_dir: Path | None = None) -> Endpoints:
+    dsn = dsn or os.environ.get("IOC_DSN")
+    mqtt_host = mqtt_host or os.environ.get("IOC_MQTT_HOST")
+    port_env = os.environ.get("IOC_MQTT_PORT")
+    mqtt_port = mqtt_port or (int(port_env) if port_env else None)
+    if dsn and mqtt_host and mqtt_port:
+        return Endpoints(dsn, mqtt_host, mqtt_port)
+    try:
+        stack = Stack.existing(stack_dir)
+    except StackError as e:
+        raise StackError(f"{e}, or pass --dsn/--mqtt-host/--mqtt-port (IOC_DSN, IOC_MQTT_HOST, IOC_MQTT_PORT)") from None
+    return Endpoints(dsn or stack.dsn, mqtt_host or stack.mqtt_host, mqtt_port or stack.mqtt_port)

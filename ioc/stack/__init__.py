@@ -1,0 +1,105 @@
+"""The local stack: a real Mosquitto and a real PostgreSQL as ordinary processes on loopback.
+
+State (ports, password, paths) lives in `<dir>/stack.json` so every `ioc` command finds the same
+servers. Used by `ioc stack`, the demo and the test suite alike.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+from ioc.stack.mosquitto import Mosquitto
+from ioc.stack.mosquitto import find_binary as find_mosquitto
+from ioc.stack.postgres import Postgres
+from ioc.stack.postgres import find_bin_dir as find_pg_bin
+from ioc.stack.procs import StackError, free_port
+
+__all__ = ["Stack", "StackError", "default_dir"]
+
+
+def default_dir() -> Path:
+    return Path(os.environ.get("IOC_STACK_DIR", ".ioc")).resolve()
+
+
+@dataclass
+class Stack:
+    root: Path
+    postgres: Postgres
+    mosquitto: Mosquitto
+
+    @property
+    def state_file(self) -> Path:
+        return self.root / "stack.json"
+
+    @property
+    def dsn(self) -> str:
+        return self.postgres.dsn
+
+    @property
+    def mqtt_host(self) -> str:
+        return self.mosquitto.host
+
+    @property
+    def mqtt_port(self) -> int:
+        return self.mosquitto.port
+
+    @classmethod
+    def load(cls, root: Path | None = None, mqtt_port: int | None = None, pg_port: int | None = None) -> Stack:
+        """Read stack.json if present; otherwise choose free ports (or the given ones) and a password."""
+        root = (root or default_dir()).resolve()
+        state_path = root / "stack.json"
+        state = json.loads(state_path.read_text()) if state_path.exists() else {}
+        mosq = Mosquitto(
+            root=root / "mosquitto",
+            port=mqtt_port or state.get("mqtt_port") or free_port(),
+            binary=find_mosquitto(os.environ.get("IOC_MOSQUITTO_BIN")),
+        )
+        pg = Postgres(
+            root=root / "postgres",
+            port=pg_port or state.get("pg_port") or free_port(),
+            password=state.get("pg_password") or secrets.token_urlsafe(18),
+            bin_dir=find_pg_bin(os.environ.get("IOC_PG_BIN")),
+        )
+        return cls(root=root, postgres=pg, mosquitto=mosq)
+
+    @classmethod
+    def existing(cls, root: Path | None = None) -> Stack:
+        """The stack that `ioc stack up` created; a clear error when there is none."""
+        root = (root or default_dir()).resolve()
+        if not (root / "stack.json").exists():
+            raise StackError(f"no local stack under {root}: run `ioc stack up` first")
+        return cls.load(root)
+
+    def save(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        state = {"mqtt_port": self.mqtt_port, "pg_port": self.postgres.port, "pg_password": self.postgres.password}
+        self.state_file.write_text(json.dumps(state, indent=2))
+        self.state_file.chmod(0o600)
+
+    def up(self) -> dict[str, bool]:
+        """Start what is not running; returns which services were already up."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.root, 0o755)  # the postgres service user must traverse it
+        self.save()
+        already = {"mosquitto": self.mosquitto.running(), "postgres": self.postgres.running()}
+        self.mosquitto.start()
+        self.postgres.init()
+        self.postgres.start()
+        return already
+
+    def down(self) -> None:
+        self.mosquitto.stop()
+        self.postgres.stop()
+
+    def status(self) -> list[dict[str, object]]:
+        return [
+            {"service": "mosquitto", "running": self.mosquitto.running(), "pid": self.mosquitto.pid(),
+             "address": f"mqtt://{self.mqtt_host}:{self.mqtt_port}", "data": str(self.mosquitto.root)},
+            {"service": "postgres", "running": self.postgres.running(), "pid": self.postgres.pid(),
+             "address": f"postgresql://{self.postgres.host}:{self.postgres.port}/{self.postgres.database}",
+             "data": str(self.postgres.data_dir)},
+        ]
