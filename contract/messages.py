@@ -91,8 +91,10 @@ class StatusMessage(_Wire):
     device_id: DeviceId
     status: Literal["online", "offline"]
     boot_id: str
-    ts: EpochMs = Field(description="birth: when connected; last will: when the connect was attempted. "
-                        "Ingest keeps the newest, so a late will never overrides a newer birth.")
+    ts: EpochMs = Field(description="when this connection was attempted: the birth and the will of one "
+                        "connection carry the same value (set the will again before each reconnect). Ingest applies a "
+                        "status only if its ts is newer than the stored one, or equal and offline, so a will that "
+                        "arrives late never overrides the birth of a newer connection.")
     firmware: str | None = None
     profile: str | None = None
     config_version: int | None = None

@@ -60,18 +60,29 @@ class _DeviceLink:
         c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=dev.device_id, protocol=mqtt.MQTTv5)
         c.max_inflight_messages_set(inflight)
         c.max_queued_messages_set(0)
-        c.will_set(topics.state(dev.device_id), fleet.status(dev, online=False), qos=1, retain=True)
+        self.client = c
+        self._new_session()
         c.on_connect = self._on_connect
         c.on_publish = self._on_publish
-        c.on_disconnect = lambda *_a: self.connected.clear()
+        c.on_disconnect = self._on_disconnect
         c.connect_async(host, port, keepalive=30)
-        self.client = c
+
+    def _new_session(self) -> None:
+        """Birth and will of one connection share its start time (see StatusMessage.ts)."""
+        self.session_ts = now_ms()
+        self.client.will_set(topics.state(self.dev.device_id),
+                             self._fleet.status(self.dev, online=False, ts_ms=self.session_ts), qos=1, retain=True)
+
+    def _on_disconnect(self, *_a: Any) -> None:
+        self.connected.clear()
+        self._new_session()  # paho reconnects with the will set here
 
     def _on_connect(self, client: mqtt.Client, _u: Any, _f: Any, rc: ReasonCode, _p: Any) -> None:
         if rc.is_failure:
             log.warning("%s: broker refused connection: %s", self.dev.device_id, rc)
             return
-        self.publish(None, topics.state(self.dev.device_id), self._fleet.status(self.dev, online=True), retain=True)
+        self.publish(None, topics.state(self.dev.device_id),
+                     self._fleet.status(self.dev, online=True, ts_ms=self.session_ts), retain=True)
         self.connected.set()
 
     def _on_publish(self, _c: mqtt.Client, _u: Any, mid: int, rc: ReasonCode, _p: Any) -> None:
@@ -135,6 +146,16 @@ class FleetPublisher:
             time.sleep(0.02)
         return False
 
+    def cut_link(self, device_id: str) -> None:
+        """Fault: drop the TCP connection without DISCONNECT, as a power cut would; the broker then
+        publishes the device's last will."""
+        link = self._links[device_id]
+        link.client.loop_stop()
+        sock = link.client.socket()
+        if sock is not None:
+            sock.close()
+        link.connected.clear()
+
     def online(self) -> int:
         return sum(1 for link in self._links.values() if link.connected.is_set())
 
@@ -143,7 +164,7 @@ class FleetPublisher:
         for link in self._links.values():
             if graceful and link.connected.is_set():
                 link.publish(None, topics.state(link.dev.device_id),
-                             self.fleet.status(link.dev, online=False, ts_ms=now_ms()), retain=True)
+                             self.fleet.status(link.dev, online=False, ts_ms=link.session_ts), retain=True)
             link.client.disconnect()
         for link in self._links.values():
             link.client.loop_stop()

@@ -1,8 +1,9 @@
 """Write a batch of decoded messages in one transaction: COPY into staging, then insert-or-ignore.
 
 Duplicates (same device, metric, time) are ignored by the primary keys, so redelivered messages are
-harmless. Errors are sorted by SQLSTATE class, as Telegraf does: connection-type errors are retried
-by the caller; a data error fails only the message that caused it, which goes to dead letters.
+harmless. Errors are sorted by SQLSTATE class, as Telegraf does: a data error (class 22 or 23) fails
+only the message that caused it, which goes to dead letters; anything else (connection lost, server
+shutting down, a schema out of date) is raised so the caller retries the batch without acknowledging.
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ from cloud.ingest.decode import Decoded
 
 log = logging.getLogger(__name__)
 
-# Class 08 connection, 40 rollback (deadlock/serialization), 53 resources, 57 operator, 58 system.
-_TEMPORARY_CLASSES = ("08", "40", "53", "57", "58", "55P03", "25P03")
+# 22 data exception, 23 integrity constraint violation: the message is at fault, not the database.
+_DATA_ERROR_CLASSES = ("22", "23")
 
 _STAGING = """
 CREATE TEMP TABLE IF NOT EXISTS stage_telemetry (ts_ms bigint, device_id text, metric text, value float8)
@@ -57,7 +58,8 @@ ON CONFLICT (device_id) DO UPDATE SET
     config_version = COALESCE(EXCLUDED.config_version, s.config_version),
     status_ts = EXCLUDED.status_ts, status_changed_at = EXCLUDED.status_changed_at, reason = EXCLUDED.reason,
     last_seen = COALESCE(EXCLUDED.last_seen, s.last_seen)
-WHERE s.status_ts IS NULL OR EXCLUDED.status_ts >= s.status_ts"""
+WHERE s.status_ts IS NULL OR EXCLUDED.status_ts > s.status_ts
+    OR (EXCLUDED.status_ts = s.status_ts AND NOT EXCLUDED.online)"""
 _UPSERT_SEEN = """
 INSERT INTO device_status AS s (device_id, last_seen)
 SELECT * FROM unnest(%s::text[], %s::timestamptz[])
@@ -71,12 +73,9 @@ ON CONFLICT (device_id) DO UPDATE SET version = EXCLUDED.version, config = EXCLU
 DEAD_PAYLOAD_KEEP = 64 * 1024  # store at most this much of a rejected payload
 
 
-def is_temporary(e: psycopg.Error) -> bool:
-    """True when retrying the same batch later can succeed (connection lost, deadlock, shutdown)."""
-    if isinstance(e, psycopg.OperationalError | psycopg.InterfaceError) and e.sqlstate is None:
-        return True  # no SQLSTATE: the connection itself failed
-    state = e.sqlstate or ""
-    return any(state.startswith(c) for c in _TEMPORARY_CLASSES)
+def is_data_error(e: psycopg.Error) -> bool:
+    """True when the content of a message caused the error, so retrying it can never succeed."""
+    return (e.sqlstate or "")[:2] in _DATA_ERROR_CLASSES
 
 
 class BatchWriter:
@@ -109,7 +108,7 @@ class BatchWriter:
             with conn.transaction():
                 return self._write(conn, batch)
         except psycopg.Error as e:
-            if is_temporary(e):
+            if not is_data_error(e):
                 raise
             log.warning("batch of %d failed (%s: %s); writing message by message", len(batch), e.sqlstate, e)
         return self._write_one_by_one(conn, batch)
@@ -122,7 +121,7 @@ class BatchWriter:
                     with conn.transaction():  # savepoint
                         dead += self._write(conn, [d])
                 except psycopg.Error as e:
-                    if is_temporary(e):
+                    if not is_data_error(e):
                         raise
                     self._dead_letters(conn, [(d.topic, d.device_id, f"database rejected: {e}", d.payload)])
                     dead += 1

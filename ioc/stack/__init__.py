@@ -95,6 +95,19 @@ class Stack:
         self.mosquitto.stop()
         self.postgres.stop()
 
+    # Fault injection for tests and drills: stop or restart one server mid-stream.
+    def stop_broker(self) -> None:
+        self.mosquitto.stop()
+
+    def start_broker(self) -> None:
+        self.mosquitto.start()
+
+    def stop_postgres(self) -> None:
+        self.postgres.stop()
+
+    def start_postgres(self) -> None:
+        self.postgres.start()
+
     def status(self) -> list[dict[str, object]]:
         return [
             {"service": "mosquitto", "running": self.mosquitto.running(), "pid": self.mosquitto.pid(),

@@ -1,0 +1,48 @@
+"""BatchWriter against the real database: idempotency and per-message failure isolation."""
+
+from __future__ import annotations
+
+import uuid
+
+import psycopg
+
+from cloud.ingest.decode import Decoded
+from cloud.ingest.writer import BatchWriter, is_data_error
+from contract.messages import StatusMessage, now_ms
+from ioc.stack import Stack
+
+
+def _tlm(dev: str, ts: int, value: float) -> Decoded:
+    return Decoded(topic=f"tlm/v1/s/{dev}/env", payload=b"{}", device_id=dev,
+                   telemetry=[f"{ts}\t{dev}\tpm25\t{value!r}\n", f"{ts}\t{dev}\tpm10\t{value * 2!r}\n"])
+
+
+def test_a_message_the_database_rejects_is_dead_lettered_and_the_rest_of_the_batch_is_kept(
+    stack: Stack, db: psycopg.Connection, register_device: object
+) -> None:
+    dev = f"w-{uuid.uuid4().hex[:8]}"
+    register_device(dev)  # type: ignore[operator]
+    ghost = f"ghost-{uuid.uuid4().hex[:8]}"  # not in devices: its status row violates the foreign key
+    t = now_ms()
+    bad = Decoded(topic=f"state/v1/{ghost}", payload=b'{"status":"online"}', device_id=ghost,
+                  status=StatusMessage(device_id=ghost, status="online", boot_id="b", ts=t))
+    batch = [_tlm(dev, t, 1.0), bad, _tlm(dev, t + 1000, 2.0)]
+    writer = BatchWriter(stack.dsn, "test-writer", mark_rollups=True)
+    try:
+        assert writer.write(batch) == 1
+        assert writer.write(batch) == 1  # the whole batch again: duplicates are ignored
+    finally:
+        writer.close()
+    rows = db.execute("SELECT metric, value FROM telemetry WHERE device_id = %s ORDER BY ts, metric", (dev,)).fetchall()
+    assert rows == [("pm10", 2.0), ("pm25", 1.0), ("pm10", 4.0), ("pm25", 2.0)]
+    dead = db.execute("SELECT reason FROM dead_letters WHERE device_id = %s", (ghost,)).fetchall()
+    assert len(dead) == 2 and all("database rejected" in r[0] and "foreign key" in r[0] for r in dead)
+
+
+def test_only_data_errors_blame_the_message_everything_else_is_retried() -> None:
+    assert is_data_error(psycopg.errors.ForeignKeyViolation("fk"))
+    assert is_data_error(psycopg.errors.InvalidTextRepresentation("bad"))
+    assert not is_data_error(psycopg.OperationalError("connection refused"))
+    assert not is_data_error(psycopg.errors.DeadlockDetected("deadlock"))
+    assert not is_data_error(psycopg.errors.AdminShutdown("shutdown"))
+    assert not is_data_error(psycopg.errors.UndefinedColumn("schema out of date: retry, never dead-letter"))
