@@ -90,7 +90,8 @@ class IngestProcess:
     def start(self) -> None:
         env = {**os.environ, "IOC_DSN": self.stack.dsn, "IOC_MQTT_HOST": self.stack.mqtt_host,
                "IOC_MQTT_PORT": str(self.stack.mqtt_port), "IOC_INGEST_SHARE_GROUP": self.group,
-               "IOC_INGEST_BATCH_MAX_DELAY_S": "0.05", "IOC_INGEST_SESSION_EXPIRY_S": "600"}
+               "IOC_INGEST_BATCH_MAX_DELAY_S": "0.05", "IOC_INGEST_SESSION_EXPIRY_S": "600",
+               "IOC_INGEST_STATS_INTERVAL_S": "1", "COLUMNS": "200"}
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen([sys.executable, "-m", "ioc", "ingest", "--instance", self.instance],
                                          env=env, stdout=log, stderr=subprocess.STDOUT)

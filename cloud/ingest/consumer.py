@@ -41,23 +41,26 @@ class MqttConsumer:
         self._s = settings
         self._sink = sink
         self.generation = 0
-        self.connected = threading.Event()
+        self.connected = threading.Event()  # set once the broker confirmed our subscriptions
         c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=settings.instance,
                         protocol=mqtt.MQTTv5, manual_ack=True)
         if settings.mqtt_username:
             c.username_pw_set(settings.mqtt_username, settings.mqtt_password)
         c.reconnect_delay_set(min_delay=1, max_delay=int(settings.retry_max_delay_s))
+        if log.isEnabledFor(logging.DEBUG):
+            c.enable_logger(logging.getLogger("paho"))  # packet trace, only when asked for
         c.on_connect = self._on_connect
         c.on_disconnect = self._on_disconnect
         c.on_message = self._on_message
+        c.on_subscribe = self._on_subscribe
         self._client = c
 
     def subscriptions(self) -> list[tuple[str, int]]:
-        group = self._s.share_group
+        share = f"$share/{self._s.share_group}/" if self._s.share_group else ""
         return [
             # High volume: split across the group.
-            (f"$share/{group}/{topics.TELEMETRY_FILTER}", 1),
-            (f"$share/{group}/{topics.EVENTS_FILTER}", 1),
+            (f"{share}{topics.TELEMETRY_FILTER}", 1),
+            (f"{share}{topics.EVENTS_FILTER}", 1),
             # Low volume, retained and idempotent: every instance takes all, so retained births are seen.
             (topics.STATE_FILTER, 1),
             (topics.CONFIG_REPORTED_FILTER, 1),
@@ -94,6 +97,13 @@ class MqttConsumer:
         client.subscribe(self.subscriptions())
         log.info("connected to mqtt://%s:%s as %s (session present: %s)", self._s.mqtt_host,
                  self._s.mqtt_port, self._s.instance, flags.session_present)
+
+    def _on_subscribe(self, _c: mqtt.Client, _ud: Any, _mid: int, rcs: list[ReasonCode],
+                      _props: Properties | None) -> None:
+        refused = [str(rc) for rc in rcs if rc.is_failure]
+        if refused:
+            log.error("broker refused subscriptions: %s (check the ACL for this ingest user)", ", ".join(refused))
+            return
         self.connected.set()
 
     def _on_disconnect(self, _c: mqtt.Client, _ud: Any, _flags: mqtt.DisconnectFlags, rc: ReasonCode,

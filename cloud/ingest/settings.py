@@ -26,7 +26,8 @@ class IngestSettings(BaseSettings):
         description="MQTT client id and stats key. Keep it stable across restarts: the broker keeps the "
         "persistent session (and the unacknowledged messages) under this id.",
     )
-    share_group: str = Field(default="ingest", description="$share group: processes in one group split the load")
+    share_group: str = Field(default="ingest", description="$share group: processes in one group split the load; "
+                             "empty for a plain subscription (one ingest process only)")
     session_expiry_s: int = Field(default=7 * 24 * 3600, description="how long the broker queues for us while away")
     receive_maximum: int = Field(default=20000, ge=1, le=65535, description="unacknowledged messages in flight")
     batch_max_messages: int = Field(default=4000, ge=1, description="flush a batch at this many messages")
