@@ -1,3 +1,3 @@
-from ioc.cli import app
+from ioc.cli import main
 
-app()
+main()

@@ -241,3 +241,12 @@ def _mount_optional() -> None:
 
 
 _mount_optional()
+
+
+def main() -> None:
+    """Entry point: expected failures become one readable line, not a traceback."""
+    try:
+        app()
+    except (StackError, psycopg.OperationalError) as e:
+        console.print(f"[red]error:[/red] {e}")
+        raise SystemExit(1) from None

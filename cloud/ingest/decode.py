@@ -110,6 +110,8 @@ class Decoder:
         if t.site is not None and t.site != known.site:
             raise _Reject(f"site {t.site!r} in topic, but device {t.device_id!r} is registered at {known.site!r}")
         if t.kind == "tlm" and t.leaf == COUNTS_STREAM:
+            if known.profile.counts is None:
+                raise _Reject(f"profile {known.profile.profile} does not count objects")
             self._counts(out, _validate(CountsMessage, raw), known, now_ms)
         elif t.kind == "tlm":
             self._telemetry(out, _validate(TelemetryMessage, raw), known, now_ms)
@@ -152,8 +154,7 @@ class Decoder:
 
     def _counts(self, out: Decoded, msg: CountsMessage, known: KnownDevice, now_ms: int) -> None:
         spec = known.profile.counts
-        if spec is None:
-            raise _Reject(f"profile {known.profile.profile} does not count objects")
+        assert spec is not None  # checked by the caller
         rejected: list[str] = []
         for c in msg.counts:
             why = self._check_ts(c.ts, now_ms)
@@ -197,7 +198,7 @@ class _Reject(Exception):
 
 def _parse_json(payload: bytes) -> dict[str, Any]:
     try:
-        raw = json.loads(payload)
+        raw = json.loads(payload.decode("utf-8"))  # explicit: json.loads(bytes) would guess UTF-16/32
     except UnicodeDecodeError:
         raise _Reject("payload is not UTF-8 text") from None
     except json.JSONDecodeError as e:

@@ -16,7 +16,7 @@ INSTALL_HINT = "mosquitto not found: apt-get install -y mosquitto mosquitto-clie
 
 
 def find_binary(override: str | None = None) -> Path:
-    for c in [override, shutil.which("mosquitto"), "/usr/sbin/mosquitto"]:
+    for c in [override] if override else [shutil.which("mosquitto"), "/usr/sbin/mosquitto"]:
         if c and Path(c).exists():
             return Path(c)
     raise StackError(INSTALL_HINT)

@@ -88,7 +88,7 @@ class Postgres:
         self.start()
         with psycopg.connect(host=str(self.root), port=self.port, user="postgres", dbname="postgres",
                              autocommit=True) as conn:
-            conn.execute(sql.SQL("CREATE ROLE {} LOGIN CREATEROLE PASSWORD {}").format(
+            conn.execute(sql.SQL("CREATE ROLE {} LOGIN CREATEROLE CREATEDB PASSWORD {}").format(
                 sql.Identifier(self.user), sql.Literal(self.password)))
             conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(
                 sql.Identifier(self.database), sql.Identifier(self.user)))

@@ -1,0 +1,90 @@
+"""Decoder unit tests: every rejection carries a reason a technician can act on."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from cloud.ingest.decode import Decoder
+from cloud.ingest.registry import KnownDevice
+from contract.messages import now_ms
+from contract.profiles import get_profile
+
+NOW = now_ms()
+DEVICES = {"gw-1": KnownDevice("north", get_profile("env-gateway")),
+           "cam-1": KnownDevice("north", get_profile("traffic-camera"))}
+decoder = Decoder(DEVICES.get, max_payload_bytes=10_000, max_future_ms=300_000, max_age_ms=86_400_000)
+
+
+def _msg(**over: object) -> bytes:
+    body = {"v": 1, "device_id": "gw-1", "boot_id": "b1", "seq": 1, "sent_at": NOW,
+            "samples": [{"ts": NOW - 1000, "values": {"pm25": 12.5, "noise": 61.0}}]}
+    body.update(over)
+    return json.dumps(body).encode()
+
+
+def test_a_valid_message_becomes_copy_rows() -> None:
+    d = decoder.decode("tlm/v1/north/gw-1/env", _msg(), NOW)
+    assert d.dead is None
+    assert d.telemetry == [f"{NOW - 1000}\tgw-1\tpm25\t12.5\n", f"{NOW - 1000}\tgw-1\tnoise\t61.0\n"]
+    assert d.sent_at == NOW and d.newest_ts == NOW - 1000
+
+
+@pytest.mark.parametrize(
+    ("topic", "payload", "reason"),
+    [
+        ("tlm/v1/north/gw-1/env", b'{"v": 1, "device', "malformed JSON"),
+        ("tlm/v1/north/gw-1/env", b"\xff\xfe", "not UTF-8"),
+        ("tlm/v1/north/gw-1/env", b"[1, 2]", "must be a JSON object"),
+        ("tlm/v1/north/gw-1/env", _msg(v=2), "unsupported schema version 2"),
+        ("tlm/v1/north/gw-9/env", _msg(device_id="gw-9"), "unknown device 'gw-9'"),
+        ("tlm/v1/north/gw-1/env", _msg(device_id="gw-2"), "does not match topic"),
+        ("tlm/v1/south/gw-1/env", _msg(), "registered at 'north'"),
+        ("tlm/v1/north/gw-1/env", _msg(samples=[]), "schema: samples"),
+        ("tlm/v1/north/gw-1/env", _msg(seq=-1), "schema: seq"),
+        ("tlm/v1/north/gw-1/env", b"x" * 10_001, "oversize payload: 10001 bytes"),
+        ("telemetry/north/gw-1", _msg(), "unknown topic"),
+        ("tlm/v1/north/gw-1/counts", _msg(), "does not count objects"),
+    ],
+)
+def test_unusable_messages_are_dead_lettered_whole_with_a_reason(topic: str, payload: bytes, reason: str) -> None:
+    d = decoder.decode(topic, payload, NOW)
+    assert d.dead is not None and reason in d.dead.reason, d.dead
+    assert d.telemetry == [] and d.points == 0
+    assert d.dead.payload == payload
+
+
+def test_bad_points_are_rejected_and_good_points_of_the_same_message_kept() -> None:
+    samples = [{"ts": NOW - 2000, "values": {"pm25": 12.0, "co2": 99999.0, "bogus": 1.0}},
+               {"ts": NOW + 3_600_000, "values": {"pm25": 13.0}}]
+    d = decoder.decode("tlm/v1/north/gw-1/env", _msg(samples=samples), NOW)
+    assert d.telemetry == [f"{NOW - 2000}\tgw-1\tpm25\t12.0\n"]
+    assert d.dead is not None
+    assert d.dead.reason.startswith("rejected 3 of 4 points")
+    assert "co2=99999.0 outside [250, 10000] ppm" in d.dead.reason
+    assert "unknown metric 'bogus'" in d.dead.reason
+    assert "in the future" in d.dead.reason
+
+
+def test_counts_are_checked_against_the_profile_classes_and_directions() -> None:
+    body = {"v": 1, "device_id": "cam-1", "boot_id": "b", "seq": 3, "counts": [
+        {"ts": NOW - 60_000, "interval_s": 60, "line": "north", "class": "car", "direction": "in", "count": 7},
+        {"ts": NOW - 60_000, "interval_s": 60, "line": "north", "class": "tank", "direction": "in", "count": 1},
+        {"ts": NOW - 60_000, "interval_s": 60, "line": "north", "class": "bus", "direction": "up", "count": 1}]}
+    d = decoder.decode("tlm/v1/north/cam-1/counts", json.dumps(body).encode(), NOW)
+    assert d.counts == [f"{NOW - 60_000}\tcam-1\tnorth\tcar\tin\t60\t7\n"]
+    assert d.dead is not None and "unknown class 'tank'" in d.dead.reason and "unknown direction 'up'" in d.dead.reason
+
+
+def test_status_events_and_reported_config_are_decoded() -> None:
+    st = decoder.decode("state/v1/gw-1", json.dumps(
+        {"v": 1, "device_id": "gw-1", "status": "online", "boot_id": "b", "ts": NOW, "firmware": "1.2"}).encode(), NOW)
+    assert st.status is not None and st.status.firmware == "1.2" and st.dead is None
+    ev = decoder.decode("evt/v1/north/gw-1/threshold", json.dumps(
+        {"v": 1, "device_id": "gw-1", "boot_id": "b", "seq": 2,
+         "events": [{"ts": NOW, "kind": "pm25_high", "severity": "warning", "details": {"value": 80}}]}).encode(), NOW)
+    assert ev.events == [(NOW, "gw-1", "pm25_high", "warning", '{"value": 80}')]
+    cfg = decoder.decode("cfg/v1/gw-1/reported", json.dumps(
+        {"v": 1, "device_id": "gw-1", "version": 4, "config": {"interval_s": 5}}).encode(), NOW)
+    assert cfg.config == (4, '{"interval_s": 5}')

@@ -1,0 +1,65 @@
+"""`ioc stack` and `ioc status` as a user runs them, on a stack of their own."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from ioc.stack import StackError
+from ioc.stack.mosquitto import find_binary
+from ioc.stack.postgres import find_bin_dir
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def ioc(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "COLUMNS": "200"}
+    for k in ("IOC_DSN", "IOC_MQTT_HOST", "IOC_MQTT_PORT"):
+        env.pop(k, None)
+    proc = subprocess.run([sys.executable, "-m", "ioc", *args], capture_output=True, text=True, env=env,
+                          timeout=120, check=False, cwd=REPO)
+    if check:
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc
+
+
+def test_stack_up_is_idempotent_reports_status_and_keeps_data_across_down_and_up() -> None:
+    root = Path(tempfile.mkdtemp(prefix="cli-stack-", dir=REPO / ".ioc"))
+    try:
+        first = ioc("stack", "up", "--dir", str(root))
+        assert "mosquitto: started" in first.stdout and "postgres: started" in first.stdout
+        assert "postgres backend, 4 migration(s)" in first.stdout or "migration(s) applied" in first.stdout
+        again = ioc("stack", "up", "--dir", str(root))
+        assert "mosquitto: already running" in again.stdout and "postgres: already running" in again.stdout
+        ioc("devices", "register", "gw-cli-1", "--site", "district-01", "--profile", "env-gateway", "--dir", str(root))
+        status = ioc("status", "--dir", str(root))
+        assert "running" in status.stdout and "devices online" in status.stdout and "0 / 1" in status.stdout
+        bad = ioc("devices", "register", "gw-cli-2", "--site", "d", "--profile", "toaster", "--dir", str(root),
+                  check=False)
+        assert bad.returncode == 1 and "unknown profile 'toaster'" in bad.stdout
+        ioc("stack", "down", "--dir", str(root))
+        assert "stopped" in ioc("stack", "status", "--dir", str(root)).stdout
+        ioc("stack", "up", "--dir", str(root))
+        assert "gw-cli-1" in ioc("devices", "list", "--dir", str(root)).stdout  # data survived
+    finally:
+        subprocess.run([sys.executable, "-m", "ioc", "stack", "down", "--dir", str(root)], capture_output=True,
+                       check=False, cwd=REPO)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_commands_without_a_stack_say_how_to_get_one(tmp_path: Path) -> None:
+    out = ioc("status", "--dir", str(tmp_path / "none"), check=False)
+    assert out.returncode == 1 and "ioc stack up" in out.stdout
+
+
+def test_missing_server_binaries_give_a_one_line_fix() -> None:
+    with pytest.raises(StackError, match="apt-get install -y mosquitto"):
+        find_binary("/nonexistent/mosquitto")
+    with pytest.raises(StackError, match="apt-get install -y postgresql"):
+        find_bin_dir("/nonexistent/bin")
