@@ -34,7 +34,7 @@ class _Wire(BaseModel):
 
 
 class Envelope(_Wire):
-    v: Literal[1] = SCHEMA_VERSION
+    v: Literal[1] = 1  # == SCHEMA_VERSION
     device_id: DeviceId
     boot_id: Annotated[str, Field(min_length=1, max_length=64)]
     seq: Annotated[int, Field(ge=0)]
@@ -87,7 +87,7 @@ class EventsMessage(Envelope):
 class StatusMessage(_Wire):
     """Retained on state/v1/{device_id}: the birth message, or the last will the broker publishes."""
 
-    v: Literal[1] = SCHEMA_VERSION
+    v: Literal[1] = 1  # == SCHEMA_VERSION
     device_id: DeviceId
     status: Literal["online", "offline"]
     boot_id: str

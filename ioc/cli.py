@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.table import Table
 
-from ioc.endpoints import resolve
+from ioc.endpoints import resolve, resolve_dsn
 from ioc.stack import Stack, StackError
 
 console = Console()
@@ -99,7 +99,7 @@ def db_migrate(dsn: Dsn = None, directory: StackDir = None,
     """Apply pending migrations (TimescaleDB when available, else plain PostgreSQL)."""
     from cloud.db.migrate import migrate as run_migrate
 
-    dsn = dsn or resolve(stack_dir=directory).dsn
+    dsn = resolve_dsn(dsn, directory)
     chosen, applied = run_migrate(dsn, backend)
     console.print(f"backend {chosen}; applied: {', '.join(applied) or 'nothing (up to date)'}")
 
@@ -109,8 +109,7 @@ def db_maintain(dsn: Dsn = None, directory: StackDir = None) -> None:
     """One pass of partition, retention and rollup upkeep (ingest also runs it periodically)."""
     from cloud.db.maintenance import run_maintenance
 
-    dsn = dsn or resolve(stack_dir=directory).dsn
-    with psycopg.connect(dsn, autocommit=True) as conn:
+    with psycopg.connect(resolve_dsn(dsn, directory), autocommit=True) as conn:
         console.print(run_maintenance(conn))
 
 
@@ -121,7 +120,7 @@ def devices_register(device_id: str, site: Annotated[str, typer.Option()],
                      dsn: Dsn = None, directory: StackDir = None) -> None:
     from cloud.db.devices import register_devices
 
-    with psycopg.connect(resolve(dsn, stack_dir=directory).dsn) as conn:
+    with psycopg.connect(resolve_dsn(dsn, directory)) as conn:
         try:
             register_devices(conn, [(device_id, site, profile)])
         except ValueError as e:
@@ -131,7 +130,7 @@ def devices_register(device_id: str, site: Annotated[str, typer.Option()],
 
 @devices_app.command("list")
 def devices_list(dsn: Dsn = None, directory: StackDir = None, limit: int = 50) -> None:
-    with psycopg.connect(resolve(dsn, stack_dir=directory).dsn) as conn:
+    with psycopg.connect(resolve_dsn(dsn, directory)) as conn:
         rows = conn.execute(
             "SELECT d.device_id, d.site, d.profile, s.online, s.last_seen, s.boot_id FROM devices d"
             " LEFT JOIN device_status s USING (device_id) ORDER BY d.device_id LIMIT %s", (limit,)).fetchall()
@@ -151,14 +150,14 @@ def ingest(dsn: Dsn = None, mqtt_host: MqttHost = None, mqtt_port: MqttPort = No
     from cloud.ingest.service import IngestService
     from cloud.ingest.settings import IngestSettings
 
-    ep = resolve(dsn, mqtt_host, mqtt_port, directory)
     if stats:
-        from ioc.views import ingest_table
         from ioc.status import read_status
+        from ioc.views import ingest_table
 
-        with psycopg.connect(ep.dsn) as conn:
+        with psycopg.connect(resolve_dsn(dsn, directory)) as conn:
             console.print(ingest_table(read_status(conn)))
         return
+    ep = resolve(dsn, mqtt_host, mqtt_port, directory)
     extra = {"instance": instance} if instance else {}
     svc = IngestService(IngestSettings(dsn=ep.dsn, mqtt_host=ep.mqtt_host, mqtt_port=ep.mqtt_port, **extra))
     stop = threading.Event()
@@ -209,7 +208,7 @@ def status(dsn: Dsn = None, directory: StackDir = None) -> None:
         console.print(_status_table(stack))
     except StackError:
         stack = None
-    ep_dsn = dsn or (stack.dsn if stack else resolve(stack_dir=directory).dsn)
+    ep_dsn = dsn or (stack.dsn if stack else resolve_dsn(None, directory))
     try:
         with psycopg.connect(ep_dsn, connect_timeout=3) as conn:
             console.print(status_view(read_status(conn)))

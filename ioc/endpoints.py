@@ -29,3 +29,14 @@ def resolve(dsn: str | None = None, mqtt_host: str | None = None, mqtt_port: int
     except StackError as e:
         raise StackError(f"{e}, or pass --dsn/--mqtt-host/--mqtt-port (IOC_DSN, IOC_MQTT_HOST, IOC_MQTT_PORT)") from None
     return Endpoints(dsn or stack.dsn, mqtt_host or stack.mqtt_host, mqtt_port or stack.mqtt_port)
+
+
+def resolve_dsn(dsn: str | None = None, stack_dir: Path | None = None) -> str:
+    """For commands that only need the database (migrate, maintain, devices, status)."""
+    dsn = dsn or os.environ.get("IOC_DSN")
+    if dsn:
+        return dsn
+    try:
+        return Stack.existing(stack_dir).dsn
+    except StackError as e:
+        raise StackError(f"{e}, or pass --dsn (IOC_DSN)") from None

@@ -63,7 +63,7 @@ def ingest_settings(stack: Stack, **overrides: object) -> IngestSettings:
     n = next(_counter)
     base: dict[str, object] = {
         "dsn": stack.dsn, "mqtt_host": stack.mqtt_host, "mqtt_port": stack.mqtt_port,
-        "instance": f"test-ingest-{os.getpid()}-{n}", "share_group": f"test{os.getpid()}x{n}",
+        "instance": f"test-ingest-{os.getpid()}-{n}",
         "batch_max_delay_s": 0.05, "session_expiry_s": 600, "stats_interval_s": 1.0,
         "maintenance_interval_s": 2.0,
     }
@@ -72,7 +72,7 @@ def ingest_settings(stack: Stack, **overrides: object) -> IngestSettings:
 
 @pytest.fixture
 def ingest(stack: Stack) -> Iterator[IngestService]:
-    """A running in-process ingest service with its own share group."""
+    """A running in-process ingest service (the default plain subscription)."""
     svc = IngestService(ingest_settings(stack))
     svc.start()
     assert svc.wait_connected(10), "ingest could not connect to the test broker"
@@ -111,12 +111,13 @@ class IngestProcess:
 
 
 @pytest.fixture
-def spawn_ingest(stack: Stack, tmp_path: Path) -> Iterator[Callable[[], IngestProcess]]:
+def spawn_ingest(stack: Stack, tmp_path: Path) -> Iterator[Callable[..., IngestProcess]]:
     made: list[IngestProcess] = []
 
-    def spawn() -> IngestProcess:
+    def spawn(group: str = "") -> IngestProcess:
+        """group: a $share group name to split load across processes; empty for a plain subscription."""
         n = next(_counter)
-        p = IngestProcess(stack, f"test-proc-{os.getpid()}-{n}", f"testp{os.getpid()}x{n}", tmp_path / f"ingest{n}.log")
+        p = IngestProcess(stack, f"test-proc-{os.getpid()}-{n}", group, tmp_path / f"ingest{n}.log")
         made.append(p)
         return p
 

@@ -98,12 +98,6 @@ class Decoder:
         except topics.TopicError as e:
             raise _Reject(str(e)) from None
         out.device_id = t.device_id
-        raw = _parse_json(payload)
-        v = raw.get("v")
-        if v != SCHEMA_VERSION:
-            raise _Reject(f"unsupported schema version {v!r}: this ingest speaks v{SCHEMA_VERSION}")
-        if raw.get("device_id") != t.device_id:
-            raise _Reject(f"device_id {raw.get('device_id')!r} in payload does not match topic ({t.device_id!r})")
         known = self._lookup(t.device_id)
         if known is None:
             raise _Reject(f"unknown device {t.device_id!r}: not registered")
@@ -112,14 +106,16 @@ class Decoder:
         if t.kind == "tlm" and t.leaf == COUNTS_STREAM:
             if known.profile.counts is None:
                 raise _Reject(f"profile {known.profile.profile} does not count objects")
-            self._counts(out, _validate(CountsMessage, raw), known, now_ms)
+            self._counts(out, _validate(CountsMessage, payload, t.device_id), known, now_ms)
         elif t.kind == "tlm":
-            self._telemetry(out, _validate(TelemetryMessage, raw), known, now_ms)
+            self._telemetry(out, _validate(TelemetryMessage, payload, t.device_id), known, now_ms)
         elif t.kind == "evt":
-            self._events(out, _validate(EventsMessage, raw))
+            self._events(out, _validate(EventsMessage, payload, t.device_id))
         elif t.kind == "state":
-            out.status = _validate(StatusMessage, raw)
+            out.status = _validate(StatusMessage, payload, t.device_id)
         elif t.kind == "cfg" and t.leaf == "reported":
+            raw = _parse_json(payload)
+            _check_header(raw, t.device_id)
             out.config = (raw.get("version"), json.dumps(raw.get("config", raw)))
         else:
             raise _Reject(f"topic {topic!r} is not one ingest stores")
@@ -134,22 +130,22 @@ class Decoder:
     def _telemetry(self, out: Decoded, msg: TelemetryMessage, known: KnownDevice, now_ms: int) -> None:
         specs = known.profile.metrics
         dev = msg.device_id
+        lo, hi = now_ms - self._max_age_ms, now_ms + self._max_future_ms
         rejected: list[str] = []
         lines = out.telemetry
-        for s in msg.samples:
+        for s in msg.samples:  # the hot loop: comparisons inline, reasons only for the rare bad point
             ts = s.ts
-            why = self._check_ts(ts, now_ms)
-            if why:
-                rejected.append(why)
+            if not lo <= ts <= hi:
+                rejected.append(self._check_ts(ts, now_ms) or f"ts {ts} out of range")
                 continue
             for name, value in s.values.items():
                 spec = specs.get(name)
-                if spec is None:
-                    rejected.append(f"unknown metric {name!r} for profile {known.profile.profile}")
-                elif (why := spec.check(name, value)) is not None:
-                    rejected.append(why)
-                else:
+                if spec is not None and spec.min <= value <= spec.max:
                     lines.append(f"{ts}\t{dev}\t{name}\t{value!r}\n")
+                elif spec is None:
+                    rejected.append(f"unknown metric {name!r} for profile {known.profile.profile}")
+                else:
+                    rejected.append(spec.check(name, value) or f"{name}={value} rejected")
         self._finish(out, msg, rejected, max(s.ts for s in msg.samples))
 
     def _counts(self, out: Decoded, msg: CountsMessage, known: KnownDevice, now_ms: int) -> None:
@@ -208,8 +204,22 @@ def _parse_json(payload: bytes) -> dict[str, Any]:
     return raw
 
 
-def _validate(model: type[M], raw: dict[str, Any]) -> M:
+def _check_header(raw: dict[str, Any], topic_device: str) -> None:
+    v = raw.get("v")
+    if v != SCHEMA_VERSION:
+        raise _Reject(f"unsupported schema version {v!r}: this ingest speaks v{SCHEMA_VERSION}")
+    if raw.get("device_id") != topic_device:
+        raise _Reject(f"device_id {raw.get('device_id')!r} in payload does not match topic ({topic_device!r})")
+
+
+def _validate(model: type[M], payload: bytes, topic_device: str) -> M:
+    """pydantic's own JSON parser on the fast path; on failure, parse again only to explain why."""
     try:
-        return model.model_validate(raw)
+        msg = model.model_validate_json(payload)
     except ValidationError as e:
+        raw = _parse_json(payload)
+        _check_header(raw, topic_device)
         raise _Reject(_validation_reason(e)) from None
+    if msg.device_id != topic_device:
+        raise _Reject(f"device_id {msg.device_id!r} in payload does not match topic ({topic_device!r})")
+    return msg

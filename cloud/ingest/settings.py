@@ -26,8 +26,13 @@ class IngestSettings(BaseSettings):
         description="MQTT client id and stats key. Keep it stable across restarts: the broker keeps the "
         "persistent session (and the unacknowledged messages) under this id.",
     )
-    share_group: str = Field(default="ingest", description="$share group: processes in one group split the load; "
-                             "empty for a plain subscription (one ingest process only)")
+    share_group: str = Field(
+        default="",
+        description="MQTT 5 $share group so several ingest processes split the load. Empty (the default): a "
+        "plain subscription for one process. Mosquitto 2.0 does not restore $share subscriptions after a "
+        "broker restart, so messages sent before ingest reconnects are lost there: use a group only on a broker "
+        "that keeps them (EMQX, HiveMQ), see docs/operations.md.",
+    )
     session_expiry_s: int = Field(default=7 * 24 * 3600, description="how long the broker queues for us while away")
     receive_maximum: int = Field(default=20000, ge=1, le=65535, description="unacknowledged messages in flight")
     batch_max_messages: int = Field(default=4000, ge=1, description="flush a batch at this many messages")

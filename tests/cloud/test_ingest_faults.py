@@ -78,6 +78,30 @@ def test_killing_ingest_mid_stream_loses_nothing(stack: Stack, db: psycopg.Conne
     assert stored_points(db, _ids(fleet)) == expected
 
 
+def test_two_ingest_processes_in_a_share_group_split_the_load_and_store_everything_once(
+    stack: Stack, db: psycopg.Connection, spawn_ingest: Callable[..., object]
+) -> None:
+    group = f"scale{uuid.uuid4().hex[:6]}"
+    procs = [spawn_ingest(group), spawn_ingest(group)]
+    for p in procs:
+        p.start()  # type: ignore[attr-defined]
+    fleet, pub, sender = _stream(stack, rounds=40, pace_s=0.02)
+    try:
+        sender.join(60)
+        assert pub.drain(60)
+    finally:
+        pub.close()
+    expected = pub.sent.points()
+    wait_until(lambda: total_rows(db, _ids(fleet)) >= len(expected), timeout=60, what=f"{len(expected)} points")
+    assert stored_points(db, _ids(fleet)) == expected
+    # Both processes did part of the work (their stats rows say how many messages each committed).
+    rows = db.execute("SELECT instance, messages FROM ingest_instances WHERE instance = ANY(%s)",
+                      ([p.instance for p in procs],)).fetchall()  # type: ignore[attr-defined]
+    wait_until(lambda: len(db.execute("SELECT 1 FROM ingest_instances WHERE instance = ANY(%s) AND messages > 0",
+                                      ([p.instance for p in procs],)).fetchall()) == 2,  # type: ignore[attr-defined]
+               what=f"both share-group members committed messages: {rows}")
+
+
 def test_stopping_postgres_mid_stream_loses_nothing(stack: Stack, db: psycopg.Connection,
                                                     ingest: IngestService) -> None:
     fleet, pub, sender = _stream(stack, rounds=60, pace_s=0.05)
