@@ -24,8 +24,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import psutil
 import paho.mqtt.client as mqtt
+import psutil
 import psycopg
 from paho.mqtt.enums import CallbackAPIVersion
 
@@ -75,13 +75,13 @@ def publisher(port: int, devices: Sequence[str], count: int, window: int, base_t
                     f'"samples":[{{"ts":{ts},"values":{{"pm25":{12 + i % 7}.5,"pm10":{20 + i % 5}.0,'
                     f'"co2":{400 + i % 50}.0,"noise":{55 + i % 9}.0,"temperature":{25 + i % 3}.25}}}}]}}')
             c.publish(topics.telemetry(SITE, dev, "env"), body, qos=1)
-            while len(c._out_messages) >= window:  # noqa: SLF001 - keep our own window, read PUBACKs
+            while len(c._out_messages) >= window:
                 c.loop(0.005)
         if i % 8 == 0:
             for c in clients:
                 c.loop(0)
     for c in clients:
-        while c._out_messages:  # noqa: SLF001 - wait until the broker acknowledged everything
+        while c._out_messages:
             c.loop(0.01)
         c.disconnect()
 

@@ -13,8 +13,6 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from contract import SCHEMA_VERSION
-
 MAX_SAMPLES_PER_MESSAGE = 5000
 EpochMs = Annotated[int, Field(ge=0, lt=32503680000000, description="ms since Unix epoch, UTC")]
 DeviceId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:-]+$")]

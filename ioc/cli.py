@@ -143,7 +143,8 @@ def devices_list(dsn: Dsn = None, directory: StackDir = None, limit: int = 50) -
 # -- ingest -----------------------------------------------------------------------------------
 @app.command()
 def ingest(dsn: Dsn = None, mqtt_host: MqttHost = None, mqtt_port: MqttPort = None, directory: StackDir = None,
-           instance: Annotated[str | None, typer.Option(help="stable id: the broker keeps our session under it")] = None,
+           instance: Annotated[str | None,
+                               typer.Option(help="stable id: the broker keeps our session under it")] = None,
            stats: Annotated[bool, typer.Option("--stats", help="show the running ingest processes and exit")] = False,
            ) -> None:
     """Run the ingest service: MQTT → validate → batch → PostgreSQL, ack after commit. Ctrl-C stops cleanly."""
@@ -158,8 +159,10 @@ def ingest(dsn: Dsn = None, mqtt_host: MqttHost = None, mqtt_port: MqttPort = No
             console.print(ingest_table(read_status(conn)))
         return
     ep = resolve(dsn, mqtt_host, mqtt_port, directory)
-    extra = {"instance": instance} if instance else {}
-    svc = IngestService(IngestSettings(dsn=ep.dsn, mqtt_host=ep.mqtt_host, mqtt_port=ep.mqtt_port, **extra))
+    settings = IngestSettings(dsn=ep.dsn, mqtt_host=ep.mqtt_host, mqtt_port=ep.mqtt_port)
+    if instance:
+        settings.instance = instance
+    svc = IngestService(settings)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())

@@ -57,7 +57,8 @@ def run_demo(console: Console, directory: Path | None, gateways: int, cameras: i
             sim = threading.Thread(target=runner.run, args=(stop, duration_s), name="sim", daemon=True)
             console.print("[bold]4/4[/bold] live (Ctrl-C to stop)")
             sim.start()
-            with psycopg.connect(stack.dsn, autocommit=True) as conn, Live(console=console, refresh_per_second=2) as live:
+            with (psycopg.connect(stack.dsn, autocommit=True) as conn,
+                  Live(console=console, refresh_per_second=2) as live):
                 while sim.is_alive() and not stop.is_set():
                     live.update(status_view(read_status(conn), title=f"City telemetry — {len(fleet.devices)} devices"))
                     if ingest.poll() is not None:

@@ -27,7 +27,8 @@ def resolve(dsn: str | None = None, mqtt_host: str | None = None, mqtt_port: int
     try:
         stack = Stack.existing(stack_dir)
     except StackError as e:
-        raise StackError(f"{e}, or pass --dsn/--mqtt-host/--mqtt-port (IOC_DSN, IOC_MQTT_HOST, IOC_MQTT_PORT)") from None
+        raise StackError(
+            f"{e}, or pass --dsn/--mqtt-host/--mqtt-port (IOC_DSN, IOC_MQTT_HOST, IOC_MQTT_PORT)") from None
     return Endpoints(dsn or stack.dsn, mqtt_host or stack.mqtt_host, mqtt_port or stack.mqtt_port)
 
 

@@ -32,14 +32,14 @@ def _rows(conn: psycopg.Connection, table: str, exact: bool) -> int:
     """Exact below a few million rows (cheap enough), the planner's estimate above."""
     estimate = _estimate(conn, table)
     if exact or estimate < 3_000_000:
-        row = conn.execute(f"SELECT count(*) FROM {table}").fetchone()  # noqa: S608 - constant names
+        row = conn.execute(f"SELECT count(*) FROM {table}").fetchone()
         return int(row[0]) if row else 0
     return estimate
 
 
 def read_status(conn: psycopg.Connection, exact: bool = False) -> SystemStatus:
     def one(q: str) -> int:
-        row = conn.execute(q).fetchone()  # type: ignore[arg-type]
+        row = conn.execute(q).fetchone()
         return int(row[0]) if row and row[0] is not None else 0
 
     cur = conn.execute(

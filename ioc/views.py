@@ -25,8 +25,8 @@ def ingest_table(st: SystemStatus) -> Table:
 
 def status_view(st: SystemStatus, title: str = "City telemetry") -> Group:
     alive = [i for i in st.instances if i["alive"]]
-    msg_rate = sum(float(i["msg_rate"] or 0) for i in alive)  # type: ignore[arg-type]
-    point_rate = sum(float(i["point_rate"] or 0) for i in alive)  # type: ignore[arg-type]
+    msg_rate = sum(float(str(i["msg_rate"] or 0)) for i in alive)
+    point_rate = sum(float(str(i["point_rate"] or 0)) for i in alive)
     summary = Table(title=title, show_header=False)
     summary.add_column(style="bold")
     summary.add_column(justify="right")

@@ -104,7 +104,8 @@ class Fleet:
         return {k: (m.min, m.max) for k, m in dev.profile.metrics.items()}
 
     def _gateway(self, dev: SimDevice, stamps: list[int]) -> OutMessage:
-        assert dev.env is not None and dev.faults is not None
+        assert dev.env is not None
+        assert dev.faults is not None
         out = OutMessage(dev.device_id, topics.telemetry(dev.site, dev.device_id, "env"), b"")
         samples = []
         for ts in stamps:

@@ -31,11 +31,12 @@ class SimRunner:
 
     def emit(self, device_index: int, ts_ms: int) -> None:
         dev = self.fleet.devices[device_index]
-        for msg in self.fleet.messages(dev, ts_ms):
+        for good in self.fleet.messages(dev, ts_ms):
+            msg = good
             if not dev.is_camera and self.bad_ratio and self._rng.random() < self.bad_ratio:
                 kind = self._rng.choice(BAD_KINDS)
                 self.bad_sent[kind] += 1
-                msg = make_bad(kind, msg, dev, self._rng)
+                msg = make_bad(kind, good, dev, self._rng)
             self.publisher.publish(msg, via=dev.device_id)
             if self.dup_ratio and self._rng.random() < self.dup_ratio:
                 self.duplicates_sent += 1

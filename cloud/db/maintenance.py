@@ -28,7 +28,7 @@ class MaintenanceResult:
 
 
 def settings(conn: psycopg.Connection) -> dict[str, str]:
-    return dict(conn.execute("SELECT key, value FROM ioc_settings").fetchall())  # type: ignore[arg-type]
+    return dict(conn.execute("SELECT key, value FROM ioc_settings").fetchall())
 
 
 def run_maintenance(conn: psycopg.Connection) -> MaintenanceResult:
@@ -47,8 +47,9 @@ def run_maintenance(conn: psycopg.Connection) -> MaintenanceResult:
             with conn.transaction():
                 # Cover today..ahead, plus any older day the default partition holds (late backlog).
                 row = conn.execute(
-                    f"SELECT ioc_ensure_partitions(%s,"  # noqa: S608 - table names are constants
-                    f" LEAST((SELECT min(ts) FROM {table}_default), now())::date, (now() + make_interval(days => %s))::date)",
+                    f"SELECT ioc_ensure_partitions(%s,"
+                    f" LEAST((SELECT min(ts) FROM {table}_default), now())::date,"
+                    " (now() + make_interval(days => %s))::date)",
                     (table, ahead),
                 ).fetchone()
                 res.partitions_created += row[0] if row else 0

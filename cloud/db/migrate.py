@@ -55,7 +55,8 @@ def detect_backend(conn: psycopg.Connection, wanted: str = "auto") -> tuple[Back
         with conn.transaction():
             conn.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
     except psycopg.Error as e:
-        why = f"timescaledb is installed but cannot be loaded ({e.diag.message_primary}); add it to shared_preload_libraries"
+        why = (f"timescaledb is installed but cannot be loaded ({e.diag.message_primary}); "
+               "add it to shared_preload_libraries")
         if wanted == "timescale":
             raise RuntimeError(why) from e
         return "postgres", why
@@ -95,7 +96,7 @@ def migrate(dsn: str, wanted: str = "auto") -> tuple[Backend, list[str]]:
                 if m.version in done or m.backend not in (None, backend):
                     continue
                 with conn.transaction():
-                    conn.execute(m.sql)  # type: ignore[arg-type]
+                    conn.execute(m.sql.encode())  # bytes: a migration is a script, not a typed query
                     conn.execute("INSERT INTO schema_migrations (version, backend) VALUES (%s, %s)",
                                  (m.version, backend))
                     conn.execute(

@@ -20,8 +20,8 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from contract import topics
 from cloud.ingest.settings import IngestSettings
+from contract import topics
 
 log = logging.getLogger(__name__)
 
@@ -113,4 +113,4 @@ class MqttConsumer:
             log.warning("lost the broker (%s); reconnecting", rc)
 
     def _on_message(self, _c: mqtt.Client, _ud: Any, msg: mqtt.MQTTMessage) -> None:
-        self._sink(Inbound(msg.mid, msg.qos, msg.topic, msg.payload, time.monotonic(), self.generation))
+        self._sink(Inbound(msg.mid, msg.qos, msg.topic, bytes(msg.payload), time.monotonic(), self.generation))

@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
+from cloud.ingest.registry import KnownDevice
 from contract import SCHEMA_VERSION, topics
 from contract.messages import (
     COUNTS_STREAM,
@@ -22,7 +23,6 @@ from contract.messages import (
     StatusMessage,
     TelemetryMessage,
 )
-from cloud.ingest.registry import KnownDevice
 
 
 @dataclass(slots=True)
@@ -81,7 +81,7 @@ class Decoder:
         out = Decoded(topic, payload)
         try:
             self._decode(out, topic, payload, now_ms)
-        except _Reject as r:
+        except _RejectError as r:
             out.telemetry.clear()
             out.counts.clear()
             out.events.clear()
@@ -92,20 +92,20 @@ class Decoder:
 
     def _decode(self, out: Decoded, topic: str, payload: bytes, now_ms: int) -> None:
         if len(payload) > self._max_payload:
-            raise _Reject(f"oversize payload: {len(payload)} bytes > limit {self._max_payload}")
+            raise _RejectError(f"oversize payload: {len(payload)} bytes > limit {self._max_payload}")
         try:
             t = topics.parse(topic)
         except topics.TopicError as e:
-            raise _Reject(str(e)) from None
+            raise _RejectError(str(e)) from None
         out.device_id = t.device_id
         known = self._lookup(t.device_id)
         if known is None:
-            raise _Reject(f"unknown device {t.device_id!r}: not registered")
+            raise _RejectError(f"unknown device {t.device_id!r}: not registered")
         if t.site is not None and t.site != known.site:
-            raise _Reject(f"site {t.site!r} in topic, but device {t.device_id!r} is registered at {known.site!r}")
+            raise _RejectError(f"site {t.site!r} in topic, but device {t.device_id!r} is registered at {known.site!r}")
         if t.kind == "tlm" and t.leaf == COUNTS_STREAM:
             if known.profile.counts is None:
-                raise _Reject(f"profile {known.profile.profile} does not count objects")
+                raise _RejectError(f"profile {known.profile.profile} does not count objects")
             self._counts(out, _validate(CountsMessage, payload, t.device_id), known, now_ms)
         elif t.kind == "tlm":
             self._telemetry(out, _validate(TelemetryMessage, payload, t.device_id), known, now_ms)
@@ -118,7 +118,7 @@ class Decoder:
             _check_header(raw, t.device_id)
             out.config = (raw.get("version"), json.dumps(raw.get("config", raw)))
         else:
-            raise _Reject(f"topic {topic!r} is not one ingest stores")
+            raise _RejectError(f"topic {topic!r} is not one ingest stores")
 
     def _check_ts(self, ts: int, now_ms: int) -> str | None:
         if ts > now_ms + self._max_future_ms:
@@ -188,7 +188,7 @@ class Decoder:
 M = TypeVar("M", bound=Envelope | StatusMessage)
 
 
-class _Reject(Exception):
+class _RejectError(Exception):
     """The whole message is unusable."""
 
 
@@ -196,20 +196,20 @@ def _parse_json(payload: bytes) -> dict[str, Any]:
     try:
         raw = json.loads(payload.decode("utf-8"))  # explicit: json.loads(bytes) would guess UTF-16/32
     except UnicodeDecodeError:
-        raise _Reject("payload is not UTF-8 text") from None
+        raise _RejectError("payload is not UTF-8 text") from None
     except json.JSONDecodeError as e:
-        raise _Reject(f"malformed JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+        raise _RejectError(f"malformed JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
     if not isinstance(raw, dict):
-        raise _Reject(f"payload must be a JSON object, got {type(raw).__name__}")
+        raise _RejectError(f"payload must be a JSON object, got {type(raw).__name__}")
     return raw
 
 
 def _check_header(raw: dict[str, Any], topic_device: str) -> None:
     v = raw.get("v")
     if v != SCHEMA_VERSION:
-        raise _Reject(f"unsupported schema version {v!r}: this ingest speaks v{SCHEMA_VERSION}")
+        raise _RejectError(f"unsupported schema version {v!r}: this ingest speaks v{SCHEMA_VERSION}")
     if raw.get("device_id") != topic_device:
-        raise _Reject(f"device_id {raw.get('device_id')!r} in payload does not match topic ({topic_device!r})")
+        raise _RejectError(f"device_id {raw.get('device_id')!r} in payload does not match topic ({topic_device!r})")
 
 
 def _validate(model: type[M], payload: bytes, topic_device: str) -> M:
@@ -219,7 +219,7 @@ def _validate(model: type[M], payload: bytes, topic_device: str) -> M:
     except ValidationError as e:
         raw = _parse_json(payload)
         _check_header(raw, topic_device)
-        raise _Reject(_validation_reason(e)) from None
+        raise _RejectError(_validation_reason(e)) from None
     if msg.device_id != topic_device:
-        raise _Reject(f"device_id {msg.device_id!r} in payload does not match topic ({topic_device!r})")
-    return msg
+        raise _RejectError(f"device_id {msg.device_id!r} in payload does not match topic ({topic_device!r})")
+    return msg  # type: ignore[return-value]  # mypy loses the TypeVar through model_validate_json

@@ -17,7 +17,6 @@ from datetime import UTC, datetime
 
 import psycopg
 
-from contract.messages import now_ms
 from cloud.db.maintenance import run_maintenance
 from cloud.db.migrate import current_backend
 from cloud.ingest.consumer import Inbound, MqttConsumer
@@ -26,6 +25,7 @@ from cloud.ingest.registry import DeviceCache
 from cloud.ingest.settings import IngestSettings
 from cloud.ingest.stats import IngestStats, Snapshot
 from cloud.ingest.writer import BatchWriter
+from contract.messages import now_ms
 
 log = logging.getLogger(__name__)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -36,7 +37,8 @@ class IngestStats:
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _last: tuple[float, int, int] = field(default_factory=lambda: (time.monotonic(), 0, 0))
 
-    def committed(self, messages: int, points: int, dead: int, latencies: list[float], lags: list[float]) -> None:
+    def committed(self, messages: int, points: int, dead: int, latencies: Sequence[float],
+                  lags: Sequence[float]) -> None:
         with self._lock:
             self.messages += messages
             self.points += points

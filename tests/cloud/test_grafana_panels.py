@@ -228,10 +228,7 @@ def _variables(conn: psycopg.Connection, sc: Scenario, s: Seed, frm: datetime,
     templating = {v["name"]: v for v in _load(DASHBOARD_FILES[0])["templating"]["list"]}
     if sc.selection == "none":
         return {name: Variable([], multi=True, include_all=True) for name in ("site", "device")}
-    if sc.selection == "all":
-        sites = [r[0] for r in conn.execute(templating["site"]["query"]).fetchall()]
-    else:
-        sites = [s.site]
+    sites = [r[0] for r in conn.execute(templating["site"]["query"]).fetchall()] if sc.selection == "all" else [s.site]
     variables = {"site": Variable(sites, multi=True, include_all=True)}
     sql = interpolate(templating["device"]["query"], frm=frm, to=to, interval=sc.interval,
                       timescaledb=sc.timescaledb, variables=variables)

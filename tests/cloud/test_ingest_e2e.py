@@ -51,7 +51,8 @@ def test_database_holds_exactly_what_the_fleet_sent_and_duplicates_change_nothin
     # Sensor faults (out-of-range spikes) were rejected into dead letters, not stored.
     faulty = sum(1 for m in pub.sent.acked if m.rejected_points)
     dead = db.execute("SELECT count(*) FROM dead_letters WHERE device_id = ANY(%s)", (_ids(fleet),)).fetchone()
-    assert dead is not None and dead[0] == faulty
+    assert dead is not None
+    assert dead[0] == faulty
 
 
 def test_each_kind_of_bad_payload_is_dead_lettered_with_a_reason_and_neighbours_are_kept(

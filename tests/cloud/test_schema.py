@@ -52,14 +52,16 @@ def test_late_backlog_lands_in_a_partition_made_for_it(fresh_db: str) -> None:
         conn.execute("INSERT INTO telemetry VALUES (now() - interval '30 days', 'd1', 'pm25', 10)")
         assert conn.execute("SELECT tableoid::regclass::text FROM telemetry").fetchone() == ("telemetry_default",)
         res = run_maintenance(conn)
-        assert res.ran and res.partitions_created >= 1
+        assert res.ran
+        assert res.partitions_created >= 1
         (part,) = conn.execute("SELECT tableoid::regclass::text FROM telemetry").fetchone()  # type: ignore[misc]
         assert part.startswith("telemetry_p")
         assert conn.execute("SELECT count(*) FROM telemetry_default").fetchone() == (0,)
         # ...and partitions exist ahead of time for the coming week.
         ahead = conn.execute("SELECT count(*) FROM pg_inherits WHERE inhparent = 'telemetry'::regclass"
                              " AND inhrelid::regclass::text > 'telemetry_p' || to_char(now(), 'YYYYMMDD')").fetchone()
-        assert ahead is not None and ahead[0] >= 7
+        assert ahead is not None
+        assert ahead[0] >= 7
 
 
 def test_retention_drops_whole_old_partitions(fresh_db: str) -> None:
@@ -81,7 +83,8 @@ def test_rollups_recompute_touched_minutes_without_double_counting(fresh_db: str
     minute = "date_bin('1 minute', now() - interval '2 hours', timestamptz '2000-01-01')"
     with psycopg.connect(fresh_db, autocommit=True) as conn:
         for value, offset in ((10, 1), (20, 2), (30, 3)):
-            conn.execute(f"INSERT INTO telemetry VALUES ({minute} + interval '{offset} seconds', 'd1', 'pm25', {value})")
+            conn.execute(f"INSERT INTO telemetry VALUES ({minute} + interval '{offset} seconds',"
+                         f" 'd1', 'pm25', {value})")
         conn.execute(f"INSERT INTO rollup_dirty VALUES ('i1', {minute})")
         run_maintenance(conn)
         row = conn.execute(f"SELECT n, total, min, max, mean FROM telemetry_1m WHERE bucket = {minute}").fetchone()
@@ -110,7 +113,8 @@ def test_timescale_path_creates_hypertables_compression_retention_and_aggregates
         assert {"telemetry", "traffic_counts", "events"} <= hypertables
         jobs = {(r[0], r[1]) for r in conn.execute(
             "SELECT proc_name, hypertable_name FROM timescaledb_information.jobs WHERE hypertable_name IS NOT NULL")}
-        assert ("policy_compression", "telemetry") in jobs and ("policy_retention", "telemetry") in jobs
+        assert ("policy_compression", "telemetry") in jobs
+        assert ("policy_retention", "telemetry") in jobs
         caggs = {r[0] for r in conn.execute("SELECT view_name FROM timescaledb_information.continuous_aggregates")}
         assert {"telemetry_1m", "telemetry_1h"} <= caggs
         conn.execute("INSERT INTO telemetry VALUES (now() - interval '5 minutes', 'd1', 'pm25', 10),"

@@ -12,7 +12,8 @@ def test_shipped_profiles_cover_the_sensors_of_a_city_station_and_a_camera_box()
         assert metric in env.metrics
     assert env.metrics["noise"].unit == "dB(A)"
     cam = profiles["traffic-camera"]
-    assert cam.counts is not None and {"car", "motorbike", "bus", "truck", "bicycle", "person"} <= set(cam.counts.classes)
+    assert cam.counts is not None
+    assert {"car", "motorbike", "bus", "truck", "bicycle", "person"} <= set(cam.counts.classes)
     assert {"speed_mean", "occupancy"} <= set(cam.metrics)
     # Heartbeat metrics are merged into every profile.
     assert all("outbox_depth" in p.metrics for p in profiles.values())

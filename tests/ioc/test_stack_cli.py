@@ -33,16 +33,21 @@ def test_stack_up_is_idempotent_reports_status_and_keeps_data_across_down_and_up
     root = Path(tempfile.mkdtemp(prefix="cli-stack-", dir=REPO / ".ioc"))
     try:
         first = ioc("stack", "up", "--dir", str(root))
-        assert "mosquitto: started" in first.stdout and "postgres: started" in first.stdout
+        assert "mosquitto: started" in first.stdout
+        assert "postgres: started" in first.stdout
         assert "postgres backend, 4 migration(s)" in first.stdout or "migration(s) applied" in first.stdout
         again = ioc("stack", "up", "--dir", str(root))
-        assert "mosquitto: already running" in again.stdout and "postgres: already running" in again.stdout
+        assert "mosquitto: already running" in again.stdout
+        assert "postgres: already running" in again.stdout
         ioc("devices", "register", "gw-cli-1", "--site", "district-01", "--profile", "env-gateway", "--dir", str(root))
         status = ioc("status", "--dir", str(root))
-        assert "running" in status.stdout and "devices online" in status.stdout and "0 / 1" in status.stdout
+        assert "running" in status.stdout
+        assert "devices online" in status.stdout
+        assert "0 / 1" in status.stdout
         bad = ioc("devices", "register", "gw-cli-2", "--site", "d", "--profile", "toaster", "--dir", str(root),
                   check=False)
-        assert bad.returncode == 1 and "unknown profile 'toaster'" in bad.stdout
+        assert bad.returncode == 1
+        assert "unknown profile 'toaster'" in bad.stdout
         ioc("stack", "down", "--dir", str(root))
         assert "stopped" in ioc("stack", "status", "--dir", str(root)).stdout
         ioc("stack", "up", "--dir", str(root))
@@ -55,7 +60,8 @@ def test_stack_up_is_idempotent_reports_status_and_keeps_data_across_down_and_up
 
 def test_commands_without_a_stack_say_how_to_get_one(tmp_path: Path) -> None:
     out = ioc("status", "--dir", str(tmp_path / "none"), check=False)
-    assert out.returncode == 1 and "ioc stack up" in out.stdout
+    assert out.returncode == 1
+    assert "ioc stack up" in out.stdout
 
 
 def test_missing_server_binaries_give_a_one_line_fix() -> None:
