@@ -166,16 +166,11 @@ def run_ours(stack: Stack, devices: list[str], messages: int, publishers: int, w
                         on_commit=hook)
     svc.start()
     assert svc.wait_connected(10)
-    base_ts = now_ms() - 3_600_000 * 24
-    start, procs = run_load(stack.mqtt_port, devices, messages, publishers, window, base_ts, rate)
-    cpu = CpuMeter(stack)
-    total = (messages // publishers) // (len(devices) // publishers) * (len(devices) // publishers) * publishers
-    _wait(lambda: log.messages >= total, 600, f"ours: {total} messages committed")
-    used = cpu.delta()
-    for p in procs:
-        p.join(30)
-    svc.stop()
-    return {**_result("ingest service", log, start, total, stack, devices, base_ts), "cpu": used}
+    try:
+        return _measure("ingest service", stack, devices, messages, publishers, window, rate, log,
+                        base_ts=now_ms() - 3_600_000 * 24)
+    finally:
+        svc.stop()
 
 
 class NaiveSubscriber:
@@ -207,17 +202,26 @@ def run_naive(stack: Stack, devices: list[str], messages: int, publishers: int, 
     naive = NaiveSubscriber(stack, log)
     naive.client.loop_start()
     time.sleep(0.5)
-    base_ts = now_ms() - 3_600_000 * 48  # other keys than the first run
+    try:  # other keys than the first run
+        return _measure("naive subscriber", stack, devices, messages, publishers, window, rate, log,
+                        base_ts=now_ms() - 3_600_000 * 48)
+    finally:
+        naive.client.disconnect()
+        naive.client.loop_stop()
+
+
+def _measure(name: str, stack: Stack, devices: list[str], messages: int, publishers: int, window: int,
+             rate: float, log: CommitLog, base_ts: int) -> dict:
+    """Offer the load, wait until the subscriber committed all of it, and collect the figures."""
     start, procs = run_load(stack.mqtt_port, devices, messages, publishers, window, base_ts, rate)
     cpu = CpuMeter(stack)
-    total = (messages // publishers) // (len(devices) // publishers) * (len(devices) // publishers) * publishers
-    _wait(lambda: log.messages >= total, 900, f"naive: {total} messages committed")
+    per_device = messages // publishers // (len(devices) // publishers)
+    total = per_device * len(devices)
+    _wait(lambda: log.messages >= total, 900, f"{name}: {total} messages committed")
     used = cpu.delta()
     for p in procs:
         p.join(30)
-    naive.client.disconnect()
-    naive.client.loop_stop()
-    return {**_result("naive subscriber", log, start, total, stack, devices, base_ts), "cpu": used}
+    return {**_result(name, log, start, total, stack, devices, base_ts), "cpu": used}
 
 
 # -- reporting -----------------------------------------------------------------------------------

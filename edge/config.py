@@ -1,0 +1,196 @@
+"""Device configuration: the local YAML file every box boots from, checked once at the boundary.
+
+Two layers, because only one of them may change at run time:
+
+* `DeviceConfig` (the file, `edge/sample-device.yaml`): identity, broker, credentials, outbox bounds,
+  sensor wiring. Changing it needs a restart.
+* `Settings` (`DeviceConfig.settings`): what the cloud may steer remotely through the retained
+  `cfg/v1/{device_id}/desired` topic -- per-metric intervals, aggregation and thresholds, heartbeat
+  period, backlog drain rate and order. A desired config replaces `Settings` as a whole, so what the
+  device reports is exactly what it runs.
+
+Everything is validated against the device profile from `firmware-config/` (`check_settings`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+
+from contract.messages import DeviceId
+from contract.profiles import DeviceProfile
+from contract.topics import check_segment
+from edge.sensors.config import SensorConfig
+
+HEALTH_STREAM = "health"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TlsConfig(_Strict):
+    ca_file: Path | None = Field(default=None, description="CA bundle; None = system trust store")
+    cert_file: Path | None = Field(default=None, description="client certificate (mutual TLS)")
+    key_file: Path | None = Field(default=None, description="client private key (mutual TLS)")
+    insecure: bool = Field(default=False, description="skip hostname check; lab use only")
+
+
+class BrokerConfig(_Strict):
+    host: str = Field(default="127.0.0.1", description="MQTT broker host")
+    port: int = Field(default=1883, ge=1, le=65535)
+    tls: TlsConfig | None = Field(default=None, description="TLS when set (usually port 8883)")
+    username: str | None = Field(default=None, description="defaults to the device id when a password is set")
+    password: SecretStr | None = Field(default=None, description="never logged")
+    keepalive_s: int = Field(default=30, ge=5, le=3600)
+    backoff_min_s: float = Field(default=0.5, gt=0, description="first reconnect delay")
+    backoff_max_s: float = Field(default=30.0, gt=0, description="cap of the jittered exponential backoff")
+    inflight_window: int = Field(
+        default=16,
+        ge=1,
+        le=1000,
+        description="unacknowledged QoS 1 messages handed to paho at once; the outbox is the queue",
+    )
+
+    @model_validator(mode="after")
+    def _backoff_is_ordered(self) -> BrokerConfig:
+        if self.backoff_min_s > self.backoff_max_s:
+            raise ValueError("backoff_min_s must not exceed backoff_max_s")
+        return self
+
+
+class OutboxConfig(_Strict):
+    path: Path = Field(default=Path("outbox.sqlite3"), description="SQLite file (WAL mode)")
+    max_bytes: int = Field(default=256 * 1024 * 1024, ge=1024, description="bound on stored payload bytes")
+    max_age_s: float = Field(default=30 * 86400, gt=0, description="rows older than this are dropped")
+    sync: Literal["full", "normal"] = Field(
+        default="full",
+        description="full survives power loss; normal only a process crash",
+    )
+
+
+class DrainSettings(_Strict):
+    """How a backlog leaves after an outage; live rows always go first."""
+
+    messages_per_s: float = Field(default=20.0, gt=0, le=10_000, description="backlog messages per second")
+    batch_size: int = Field(default=500, ge=1, le=5000, description="rows (samples) per backlog message")
+    order: Literal["oldest", "newest"] = Field(default="oldest", description="which end of the backlog first")
+
+
+class MetricSettings(_Strict):
+    enabled: bool = True
+    interval_s: float | None = Field(
+        default=None,
+        ge=0.05,
+        le=86400,
+        description="reporting interval; None = the profile's",
+    )
+    reads_per_interval: int = Field(
+        default=1, ge=1, le=600, description="sensor reads aggregated per interval"
+    )
+    aggregate: Literal["mean", "min", "max", "last"] = Field(
+        default="mean",
+        description="which window statistic is published",
+    )
+    high: float | None = Field(default=None, description="raise an event at once when a reading exceeds this")
+    low: float | None = Field(
+        default=None, description="raise an event at once when a reading falls below this"
+    )
+    severity: Literal["info", "warning", "critical"] = "warning"
+
+    @model_validator(mode="after")
+    def _limits_are_ordered(self) -> MetricSettings:
+        if self.high is not None and self.low is not None and self.low >= self.high:
+            raise ValueError(f"low {self.low} must be below high {self.high}")
+        return self
+
+
+class Settings(_Strict):
+    """The remotely steerable part; a desired config replaces it as a whole."""
+
+    heartbeat_s: float = Field(default=30.0, ge=0.05, le=3600, description="heartbeat (health) period")
+    metrics: dict[str, MetricSettings] = Field(default_factory=dict, description="per-metric overrides")
+    drain: DrainSettings = Field(default_factory=DrainSettings)
+
+
+class DeviceConfig(_Strict):
+    device_id: DeviceId
+    site: str = Field(description="site id, a topic segment")
+    profile: str = Field(description="device profile name from firmware-config/profiles")
+    firmware: str = Field(default="edge-0.1.0", description="reported in the birth message")
+    broker: BrokerConfig = Field(default_factory=BrokerConfig)
+    outbox: OutboxConfig = Field(default_factory=OutboxConfig)
+    sensors: list[SensorConfig] = Field(default_factory=list, description="drivers feeding the sampler")
+    settings: Settings = Field(default_factory=Settings)
+    config_version: int = Field(default=0, ge=0, description="version of `settings` in this file")
+
+    @model_validator(mode="after")
+    def _ids_are_topic_safe(self) -> DeviceConfig:
+        check_segment(self.device_id, "device_id")
+        check_segment(self.site, "site")
+        return self
+
+
+class ConfigError(ValueError):
+    """A configuration that does not fit the device profile; the message says what and where."""
+
+
+def check_settings(settings: Settings, profile: DeviceProfile) -> None:
+    """Refuse settings that name unknown metrics or thresholds outside the profile's range."""
+    for name, ms in settings.metrics.items():
+        spec = profile.metrics.get(name)
+        if spec is None:
+            raise ConfigError(f"metrics.{name}: not in profile {profile.profile!r}")
+        if spec.stream == HEALTH_STREAM:
+            raise ConfigError(f"metrics.{name}: health metrics follow heartbeat_s")
+        for label, limit in (("high", ms.high), ("low", ms.low)):
+            if limit is not None and not spec.min <= limit <= spec.max:
+                raise ConfigError(
+                    f"metrics.{name}.{label}={limit:g} outside [{spec.min:g}, {spec.max:g}] {spec.unit}"
+                )
+
+
+def check_sensors(config: DeviceConfig, profile: DeviceProfile) -> None:
+    """Every metric a sensor provides must exist in the profile and be provided only once."""
+    seen: dict[str, int] = {}
+    for i, sensor in enumerate(config.sensors):
+        for metric in sensor.provided_metrics(profile):
+            spec = profile.metrics.get(metric)
+            if spec is None or spec.stream == HEALTH_STREAM:
+                raise ConfigError(f"sensors[{i}]: metric {metric!r} is not a sensor metric of the profile")
+            if metric in seen:
+                raise ConfigError(
+                    f"sensors[{i}]: metric {metric!r} already provided by sensors[{seen[metric]}]"
+                )
+            seen[metric] = i
+
+
+def validate_for_profile(config: DeviceConfig, profile: DeviceProfile) -> DeviceConfig:
+    if config.profile != profile.profile:
+        raise ConfigError(f"config names profile {config.profile!r}, got {profile.profile!r}")
+    check_settings(config.settings, profile)
+    check_sensors(config, profile)
+    return config
+
+
+DeviceConfigT = TypeVar("DeviceConfigT", bound=DeviceConfig)
+
+
+def load_config(path: Path, model: type[DeviceConfigT] = DeviceConfig) -> DeviceConfigT:  # type: ignore[assignment]
+    """Read and validate a device YAML file; relative outbox paths resolve beside the file.
+
+    `model` is a `DeviceConfig` subclass for boxes with more to configure (the camera box's
+    `edge.camera.box.CameraBoxConfig`)."""
+    with path.open(encoding="utf-8") as f:
+        data = yaml.safe_load(f) or {}
+    config = model.model_validate(data)
+    if not config.outbox.path.is_absolute():
+        outbox = config.outbox.model_copy(update={"path": path.parent / config.outbox.path})
+        config = config.model_copy(update={"outbox": outbox})
+    return config
+
+
+Version = Annotated[int, Field(ge=0)]

@@ -1,0 +1,135 @@
+"""Remote configuration and commands: the device's side of `cfg/v1/{id}/...` and `cmd/v1/{id}/...`.
+
+Desired config (retained on `cfg/v1/{device_id}/desired`, JSON `DesiredConfig`):
+    {"version": 7, "settings": {"heartbeat_s": 30, "metrics": {"pm25": {"interval_s": 5, "high": 50}}}}
+It replaces `Settings` as a whole. It is validated (schema, then against the profile); a bad one is
+refused and the running settings are kept. Either way the device publishes a retained
+`ReportedConfig` on `cfg/v1/{device_id}/reported`: the version and settings it actually runs, the
+outcome, and the error if any. Applied settings are persisted, so a reboot comes back with them
+before the broker redelivers the retained desired config.
+
+Commands (`cmd/v1/{device_id}/{name}`, JSON arguments, MQTT 5 response topic + correlation data):
+    ping                                  -> {"boot_id", "uptime_s", "firmware", "config_version"}
+    reboot                                -> replies, then the runtime restarts cleanly
+    set-interval {"metric", "interval_s"} -> applied live until the next desired config or restart
+    flush                                 -> closes open windows now and sends the backlog unthrottled
+    (sources add their own through `Source.commands()`, e.g. the camera box's `snapshot`)
+The reply (`CommandReply`) goes to the response topic with the request's correlation data.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from contract.messages import EpochMs, now_ms
+from contract.profiles import DeviceProfile
+from edge.config import ConfigError, MetricSettings, Settings, check_settings
+
+log = logging.getLogger(__name__)
+
+
+class DesiredConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    version: int = Field(ge=0, description="monotonic; the device refuses anything older than it runs")
+    settings: Settings
+
+
+class ReportedConfig(BaseModel):
+    """Retained on cfg/v1/{device_id}/reported. Proposed for contract/messages.py."""
+
+    v: Literal[1] = 1
+    device_id: str
+    boot_id: str
+    ts: EpochMs
+    status: Literal["applied", "rejected", "override"]
+    version: int = Field(description="the version the device runs now")
+    desired_version: int | None = Field(default=None, description="the version that was offered")
+    error: str | None = None
+    settings: Settings
+
+
+class CommandReply(BaseModel):
+    """Published to the request's response topic. Proposed for contract/messages.py."""
+
+    v: Literal[1] = 1
+    device_id: str
+    command: str
+    ok: bool
+    ts: EpochMs
+    result: dict[str, Any] = Field(default_factory=dict)
+    error: str | None = None
+
+
+class SetInterval(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    metric: str
+    interval_s: float = Field(ge=0.05, le=86400)
+
+
+class CommandError(ValueError):
+    """A command that cannot be carried out; its text goes back in the reply."""
+
+
+def parse_desired(payload: bytes | bytearray | str, profile: DeviceProfile) -> DesiredConfig:
+    """Decode and validate a desired config; raises ConfigError with a readable reason."""
+    try:
+        desired = DesiredConfig.model_validate_json(payload)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()[:5])
+        raise ConfigError(problems) from None
+    check_settings(desired.settings, profile)
+    return desired
+
+
+def desired_version_of(payload: bytes | bytearray) -> int | None:
+    """Best effort: the version a (possibly invalid) desired config claims, for the report."""
+    try:
+        v = json.loads(payload).get("version")
+    except (ValueError, AttributeError):
+        return None
+    return v if isinstance(v, int) else None
+
+
+def with_interval(settings: Settings, metric: str, interval_s: float) -> Settings:
+    current = settings.metrics.get(metric, MetricSettings())
+    metrics = {**settings.metrics, metric: current.model_copy(update={"interval_s": interval_s})}
+    return settings.model_copy(update={"metrics": metrics})
+
+
+def decode_args(payload: bytes) -> dict[str, Any]:
+    if not payload.strip():
+        return {}
+    try:
+        args = json.loads(payload)
+    except ValueError as exc:
+        raise CommandError(f"arguments are not JSON: {exc}") from None
+    if not isinstance(args, dict):
+        raise CommandError("arguments must be a JSON object")
+    return args
+
+
+Handler = Callable[[dict[str, Any]], dict[str, Any]]
+
+
+def make_reply(device_id: str, command: str, run: Handler, args_payload: bytes) -> CommandReply:
+    """Run one command handler and wrap its outcome; a handler's exception becomes ok=false."""
+    try:
+        result = run(decode_args(args_payload))
+    except (CommandError, ConfigError) as exc:
+        return CommandReply(device_id=device_id, command=command, ok=False, ts=now_ms(), error=str(exc))
+    except ValidationError as exc:
+        return CommandReply(
+            device_id=device_id,
+            command=command,
+            ok=False,
+            ts=now_ms(),
+            error="; ".join(e["msg"] for e in exc.errors()[:3]),
+        )
+    return CommandReply(device_id=device_id, command=command, ok=True, ts=now_ms(), result=result)

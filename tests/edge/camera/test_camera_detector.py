@@ -1,0 +1,104 @@
+"""The offline model through our converter + ONNX path: real images, and against OpenCV's own
+Darknet reader (the original cfg + weights) as an independent reference."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import supervision as sv
+
+from edge.camera import registry
+from edge.camera.detector import OnnxDetector, class_names, letterbox, make_detections, nms
+from tests.edge.camera.conftest import read_frames
+
+SAMPLE_FRAMES = [0, 150, 300, 450, 600, 750, 900, 1050, 1200, 1350, 1500, 1650]
+
+
+def test_bus_jpg_finds_the_bus_and_the_people(detector_320: OnnxDetector, bus_image: np.ndarray) -> None:
+    dets = detector_320.detect(bus_image)
+    names = Counter(class_names(dets))
+    assert names["bus"] == 1
+    assert names["person"] >= 4  # four people stand in front of the bus
+    bus = dets.xyxy[class_names(dets) == "bus"][0]
+    assert bus[2] - bus[0] > 0.8 * bus_image.shape[1]  # the bus spans the picture
+
+
+def test_street_footage_finds_people_cars_and_bicycles(
+    detector_320: OnnxDetector, sample_video: Path
+) -> None:
+    seen: Counter[str] = Counter()
+    for frame in read_frames(sample_video, SAMPLE_FRAMES):
+        seen.update(class_names(detector_320.detect(frame)))
+    assert seen["person"] >= 20
+    assert seen["car"] >= 1
+    assert seen["bicycle"] >= 1
+
+
+def _opencv_reference(net: cv2.dnn.Net, image: np.ndarray, size: int, det: OnnxDetector) -> sv.Detections:
+    """Decode OpenCV's own Darknet YOLO output (x, y, w, h relative, obj, obj*class) on the same letterbox."""
+    boxed, lb = letterbox(image, size)
+    net.setInput(cv2.dnn.blobFromImage(boxed, 1 / 255.0, (size, size), swapRB=True, crop=False))
+    rows = np.concatenate(net.forward(net.getUnconnectedOutLayersNames()))
+    scores = rows[:, 5:]
+    cls = scores.argmax(axis=1)
+    conf = scores[np.arange(len(cls)), cls]
+    keep = conf > det.conf
+    cx, cy, w, h = (rows[keep, :4] * size).T
+    xyxy = np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=1).astype(np.float32)
+    xyxy, score, ids = nms((xyxy, conf[keep].astype(np.float32), cls[keep]), det.iou, det.conf)
+    h0, w0 = image.shape[:2]
+    return make_detections((lb.to_frame(xyxy, w0, h0), score, ids), det.names)
+
+
+@pytest.mark.parametrize("size", [320, 416])
+def test_onnx_boxes_match_opencv_darknet_reference(
+    size: int, bus_image: np.ndarray, sample_video: Path
+) -> None:
+    cfg, weights, _ = registry.source_files("yolov3-tiny-coco")
+    net = cv2.dnn.readNetFromDarknet(str(cfg), str(weights))
+    ours = OnnxDetector(registry.prepare("yolov3-tiny-coco", size), threads=2)
+    frames = [bus_image, *read_frames(sample_video, SAMPLE_FRAMES)]
+    matched = total = 0
+    for frame in frames:
+        ref = _opencv_reference(net, frame, size, ours)
+        got = ours.detect(frame)
+        total += len(ref)
+        if len(ref) == 0:
+            assert len(got) == 0
+            continue
+        iou = sv.box_iou_batch(ref.xyxy, got.xyxy) if len(got) else np.zeros((len(ref), 1))
+        for i in range(len(ref)):
+            j = int(iou[i].argmax())
+            if iou[i, j] > 0.98 and got.class_id[j] == ref.class_id[i]:
+                assert abs(float(got.confidence[j]) - float(ref.confidence[i])) < 0.01
+                matched += 1
+        assert abs(len(got) - len(ref)) <= 1  # a score sitting on the threshold may tip either way
+    print(f"reference match at {size}: {matched}/{total} boxes")
+    assert total >= 30
+    assert matched >= 0.97 * total
+
+
+def test_converter_rejects_weights_that_do_not_fit_the_cfg(tmp_path: Path) -> None:
+    from edge.camera.darknet_to_onnx import DarknetError, convert
+
+    cfg, weights, _ = registry.source_files("yolov3-tiny-coco")
+    short = tmp_path / "short.weights"
+    short.write_bytes(weights.read_bytes()[: 1 << 20])
+    with pytest.raises(DarknetError, match="shorter"):
+        convert(cfg, short, 320, ["x"] * 80)
+
+
+def test_registry_refuses_tampered_source(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg, weights, names = registry.source_files("yolov3-tiny-coco")
+    for src in (cfg, names):
+        (tmp_path / src.name).write_bytes(src.read_bytes())
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    (tmp_path / weights.name).write_bytes(bytes(data))
+    monkeypatch.setattr(registry.DarknetSource, "directory", lambda self: tmp_path)
+    with pytest.raises(registry.ModelError, match="sha256"):
+        registry.source_files("yolov3-tiny-coco")
