@@ -222,13 +222,15 @@ def status(dsn: Dsn = None, directory: StackDir = None) -> None:
 @app.command()
 def demo(gateways: int = 300, cameras: int = 20, interval: float = 5.0,
          duration: Annotated[float | None, typer.Option(help="seconds; default until Ctrl-C")] = None,
-         bad_ratio: float = 0.01, directory: StackDir = None, seed: int = 42) -> None:
-    """The whole path live: stack up, migrate, ingest, a simulated city, and a live view."""
+         bad_ratio: float = 0.01, directory: StackDir = None, seed: int = 42,
+         camera_box: Annotated[bool, typer.Option(help="also run one real camera box on street footage")] = True,
+         ) -> None:
+    """The whole path live: stack up, migrate, ingest, a simulated city, a camera box on real video."""
     from ioc.demo import run_demo
 
     try:
         run_demo(console, directory, gateways=gateways, cameras=cameras, interval_s=interval,
-                 duration_s=duration, bad_ratio=bad_ratio, seed=seed)
+                 duration_s=duration, bad_ratio=bad_ratio, seed=seed, camera_box=camera_box)
     except StackError as e:
         raise _fail(str(e)) from None
 
@@ -236,10 +238,12 @@ def demo(gateways: int = 300, cameras: int = 20, interval: float = 5.0,
 def _mount_optional() -> None:
     """Edge commands need the edge extras; the cloud side runs without them."""
     try:
+        from edge.camera.cli import models_app
         from edge.cli import app as edge_app
     except ImportError:
         return
     app.add_typer(edge_app, name="edge")
+    app.add_typer(models_app, name="models")
 
 
 _mount_optional()

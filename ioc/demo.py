@@ -12,8 +12,9 @@ import time
 from pathlib import Path
 
 import psycopg
-from rich.console import Console
+from rich.console import Console, Group
 from rich.live import Live
+from rich.table import Table
 
 from cloud.db.devices import register_devices
 from cloud.db.migrate import migrate
@@ -35,8 +36,49 @@ def _start_ingest(stack: Stack, log_file: Path) -> subprocess.Popen[bytes]:
                             env=env, stdout=out, stderr=subprocess.STDOUT)
 
 
+CAMERA_ID, CAMERA_SITE = "cam-street-01", "district-01"
+
+
+def _start_camera_box(stack: Stack, stop: threading.Event, console: Console) -> threading.Thread | None:
+    """One real camera box (detector on street footage) beside the simulated fleet; skipped with the
+    reason when its model or footage is not installed."""
+    try:
+        from edge.camera.box import run_camera_box
+    except ImportError as e:
+        console.print(f"      camera box skipped: {e} (pip install -e '.[vision]')")
+        return None
+    with psycopg.connect(stack.dsn) as conn:
+        register_devices(conn, [(CAMERA_ID, CAMERA_SITE, "traffic-camera")])
+
+    def run() -> None:
+        try:
+            run_camera_box(stack.mqtt_host, stack.mqtt_port, CAMERA_ID, CAMERA_SITE, stop, stack.root / "edge",
+                           counts_s=10)
+        except Exception as e:  # the demo goes on without it; the reason is shown
+            log.error("camera box stopped: %s", e)
+
+    t = threading.Thread(target=run, name="camera-box", daemon=True)
+    t.start()
+    return t
+
+
+def _camera_table(conn: psycopg.Connection) -> Table:
+    rows = conn.execute("SELECT cls, direction, sum(count) FROM traffic_counts WHERE device_id = %s"
+                        " GROUP BY cls, direction ORDER BY cls, direction", (CAMERA_ID,)).fetchall()
+    health = dict(conn.execute(
+        "SELECT DISTINCT ON (metric) metric, value FROM telemetry WHERE device_id = %s"
+        " AND metric IN ('analysis_fps', 'inference_ms') AND ts > now() - interval '5 minutes'"
+        " ORDER BY metric, ts DESC", (CAMERA_ID,)).fetchall())
+    fps, ms = health.get("analysis_fps"), health.get("inference_ms")
+    t = Table("class", "direction", "count", title=f"Camera box {CAMERA_ID} on street footage — "
+              f"{'-' if fps is None else f'{fps:.1f}'} fps, inference {'-' if ms is None else f'{ms:.0f}'} ms")
+    for cls, direction, n in rows:
+        t.add_row(cls, direction, f"{n:,}")
+    return t
+
+
 def run_demo(console: Console, directory: Path | None, gateways: int, cameras: int, interval_s: float,
-             duration_s: float | None, bad_ratio: float, seed: int) -> None:
+             duration_s: float | None, bad_ratio: float, seed: int, camera_box: bool = True) -> None:
     stack = Stack.load(directory)
     console.print("[bold]1/4[/bold] starting the local stack (Mosquitto + PostgreSQL)…")
     stack.up()
@@ -55,18 +97,22 @@ def run_demo(console: Console, directory: Path | None, gateways: int, cameras: i
         with FleetPublisher(fleet, stack.mqtt_host, stack.mqtt_port) as pub:
             runner = SimRunner(fleet, pub, bad_ratio=bad_ratio, dup_ratio=0.01, seed=seed)
             sim = threading.Thread(target=runner.run, args=(stop, duration_s), name="sim", daemon=True)
+            camera = _start_camera_box(stack, stop, console) if camera_box else None
             console.print("[bold]4/4[/bold] live (Ctrl-C to stop)")
             sim.start()
             with (psycopg.connect(stack.dsn, autocommit=True) as conn,
                   Live(console=console, refresh_per_second=2) as live):
                 while sim.is_alive() and not stop.is_set():
-                    live.update(status_view(read_status(conn), title=f"City telemetry — {len(fleet.devices)} devices"))
+                    view = status_view(read_status(conn), title=f"City telemetry — {len(fleet.devices)} devices")
+                    live.update(Group(view, _camera_table(conn)) if camera else view)
                     if ingest.poll() is not None:
                         console.print(f"[red]ingest exited ({ingest.returncode}); see {ingest_log}[/red]")
                         stop.set()
                     stop.wait(1.0)
             stop.set()
             sim.join()
+            if camera is not None:
+                camera.join(30)
             pub.drain(15)
     finally:
         signal.signal(signal.SIGINT, previous)

@@ -42,7 +42,7 @@ class Decoded:
     payload: bytes
     device_id: str | None = None
     telemetry: list[str] = field(default_factory=list)  # COPY lines: ts_ms, device, metric, value
-    counts: list[str] = field(default_factory=list)  # COPY lines: ts_ms, device, line, cls, dir, interval, n
+    counts: list[str] = field(default_factory=list)  # COPY lines: ts_ms, device, line, cls, dir, interval, n, boot
     events: list[tuple[int, str, str, str, str]] = field(default_factory=list)
     status: StatusMessage | None = None
     config: tuple[int | None, str] | None = None  # reported config: version, json
@@ -151,6 +151,9 @@ class Decoder:
     def _counts(self, out: Decoded, msg: CountsMessage, known: KnownDevice, now_ms: int) -> None:
         spec = known.profile.counts
         assert spec is not None  # checked by the caller
+        boot = msg.boot_id
+        if "\t" in boot or "\n" in boot or "\\" in boot:
+            raise _RejectError(f"boot_id {boot!r} has control characters")
         rejected: list[str] = []
         for c in msg.counts:
             why = self._check_ts(c.ts, now_ms)
@@ -165,7 +168,8 @@ class Decoder:
             if why:
                 rejected.append(why)
                 continue
-            out.counts.append(f"{c.ts}\t{msg.device_id}\t{c.line}\t{c.cls}\t{c.direction}\t{c.interval_s}\t{c.count}\n")
+            out.counts.append(f"{c.ts}\t{msg.device_id}\t{c.line}\t{c.cls}\t{c.direction}\t{c.interval_s}\t{c.count}"
+                              f"\t{boot}\n")
         self._finish(out, msg, rejected, max(c.ts for c in msg.counts))
 
     def _events(self, out: Decoded, msg: EventsMessage) -> None:

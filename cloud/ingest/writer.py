@@ -25,7 +25,7 @@ _STAGING = """
 CREATE TEMP TABLE IF NOT EXISTS stage_telemetry (ts_ms bigint, device_id text, metric text, value float8)
     ON COMMIT DELETE ROWS;
 CREATE TEMP TABLE IF NOT EXISTS stage_counts (
-    ts_ms bigint, device_id text, line text, cls text, direction text, interval_s int, count int)
+    ts_ms bigint, device_id text, line text, cls text, direction text, interval_s int, count int, boot_id text)
     ON COMMIT DELETE ROWS;
 """
 _TS = "timestamptz 'epoch' + ts_ms * interval '1 millisecond'"
@@ -37,8 +37,8 @@ INSERT INTO rollup_dirty (instance, bucket)
 SELECT DISTINCT %s::text, date_bin('1 minute', {_TS}, timestamptz '2000-01-01 00:00:00+00') FROM stage_telemetry
 ON CONFLICT DO NOTHING"""
 _INSERT_COUNTS = f"""
-INSERT INTO traffic_counts (ts, device_id, line, cls, direction, interval_s, count)
-SELECT {_TS}, device_id, line, cls, direction, interval_s, count FROM stage_counts"""
+INSERT INTO traffic_counts (ts, device_id, line, cls, direction, interval_s, count, boot_id)
+SELECT {_TS}, device_id, line, cls, direction, interval_s, count, boot_id FROM stage_counts"""
 _INSERT_EVENTS = """
 INSERT INTO events (ts, device_id, kind, severity, details)
 VALUES (timestamptz 'epoch' + %s * interval '1 millisecond', %s, %s, %s, %s::jsonb)

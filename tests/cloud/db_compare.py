@@ -14,8 +14,8 @@ def stored_points(conn: psycopg.Connection, device_ids: list[str]) -> dict[tuple
 
 def stored_counts(conn: psycopg.Connection, device_ids: list[str]) -> dict[tuple[str, str, str, str, int], int]:
     rows = conn.execute(
-        "SELECT device_id, line, cls, direction, (extract(epoch FROM ts) * 1000)::bigint, count FROM traffic_counts"
-        " WHERE device_id = ANY(%s)", (device_ids,)).fetchall()
+        "SELECT device_id, line, cls, direction, (extract(epoch FROM ts) * 1000)::bigint, sum(count)::int"
+        " FROM traffic_counts WHERE device_id = ANY(%s) GROUP BY 1, 2, 3, 4, 5", (device_ids,)).fetchall()
     return {(d, ln, c, dr, int(t)): n for d, ln, c, dr, t, n in rows}
 
 

@@ -76,7 +76,7 @@ def test_counts_are_checked_against_the_profile_classes_and_directions() -> None
         {"ts": NOW - 60_000, "interval_s": 60, "line": "north", "class": "tank", "direction": "in", "count": 1},
         {"ts": NOW - 60_000, "interval_s": 60, "line": "north", "class": "bus", "direction": "up", "count": 1}]}
     d = decoder.decode("tlm/v1/north/cam-1/counts", json.dumps(body).encode(), NOW)
-    assert d.counts == [f"{NOW - 60_000}\tcam-1\tnorth\tcar\tin\t60\t7\n"]
+    assert d.counts == [f"{NOW - 60_000}\tcam-1\tnorth\tcar\tin\t60\t7\tb\n"]
     assert d.dead is not None
     assert "unknown class 'tank'" in d.dead.reason
     assert "unknown direction 'up'" in d.dead.reason

@@ -47,3 +47,25 @@ def test_only_data_errors_blame_the_message_everything_else_is_retried() -> None
     assert not is_data_error(psycopg.errors.DeadlockDetected("deadlock"))
     assert not is_data_error(psycopg.errors.AdminShutdown("shutdown"))
     assert not is_data_error(psycopg.errors.UndefinedColumn("schema out of date: retry, never dead-letter"))
+
+
+def test_counts_of_a_box_restarted_mid_interval_add_up_and_redelivery_does_not(
+    stack: Stack, db: psycopg.Connection, register_device: object
+) -> None:
+    cam = f"c-{uuid.uuid4().hex[:8]}"
+    register_device(cam, profile="traffic-camera")  # type: ignore[operator]
+    t = now_ms() - 60_000
+
+    def counts(boot: str, n: int) -> Decoded:
+        return Decoded(topic=f"tlm/v1/s/{cam}/counts", payload=b"{}", device_id=cam,
+                       counts=[f"{t}\t{cam}\tnorth\tcar\tin\t60\t{n}\t{boot}\n"])
+
+    writer = BatchWriter(stack.dsn, "test-writer", mark_rollups=False)
+    try:
+        writer.write([counts("boot-a", 5)])
+        writer.write([counts("boot-b", 3)])  # after a restart, the rest of the same interval
+        writer.write([counts("boot-a", 5)])  # redelivered
+    finally:
+        writer.close()
+    total = db.execute("SELECT sum(count) FROM traffic_counts WHERE device_id = %s", (cam,)).fetchone()
+    assert total == (8,)

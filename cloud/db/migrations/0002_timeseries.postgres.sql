@@ -19,7 +19,10 @@ CREATE TABLE IF NOT EXISTS traffic_counts (
     direction  text NOT NULL,
     interval_s integer NOT NULL,
     count      integer NOT NULL,
-    PRIMARY KEY (device_id, line, cls, direction, ts)
+    -- A box restarted inside an interval sends a second partial count for the same interval start:
+    -- keyed by boot, both parts are kept (queries sum them) and a redelivered message is still ignored.
+    boot_id    text NOT NULL DEFAULT '',
+    PRIMARY KEY (device_id, line, cls, direction, ts, boot_id)
 ) PARTITION BY RANGE (ts);
 CREATE TABLE IF NOT EXISTS traffic_counts_default PARTITION OF traffic_counts DEFAULT;
 CREATE INDEX IF NOT EXISTS traffic_counts_ts_brin ON traffic_counts USING brin (ts);

@@ -25,7 +25,10 @@ CREATE TABLE IF NOT EXISTS traffic_counts (
     direction  text NOT NULL,
     interval_s integer NOT NULL,
     count      integer NOT NULL,
-    PRIMARY KEY (device_id, line, cls, direction, ts)
+    -- A box restarted inside an interval sends a second partial count for the same interval start:
+    -- keyed by boot, both parts are kept (queries sum them) and a redelivered message is still ignored.
+    boot_id    text NOT NULL DEFAULT '',
+    PRIMARY KEY (device_id, line, cls, direction, ts, boot_id)
 );
 SELECT create_hypertable('traffic_counts', 'ts', chunk_time_interval => interval '7 days', if_not_exists => true);
 ALTER TABLE traffic_counts SET (
