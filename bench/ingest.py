@@ -161,7 +161,7 @@ def run_ours(stack: Stack, devices: list[str], messages: int, publishers: int, w
         log.add(len(batch), [committed - d.sent_at for d in batch if d.sent_at])
 
     svc = IngestService(IngestSettings(dsn=stack.dsn, mqtt_host=stack.mqtt_host, mqtt_port=stack.mqtt_port,
-                                       instance="bench-ingest", stats_interval_s=2.0,
+                                       instance="bench-ingest", stats_interval_s=2.0, maintenance_interval_s=float(os.environ.get("BENCH_MAINT", "15")),
                                        batch_max_messages=batch, receive_maximum=receive_max),
                         on_commit=hook)
     svc.start()

@@ -58,6 +58,8 @@ def run_maintenance(conn: psycopg.Connection) -> MaintenanceResult:
                 res.partitions_dropped += row[0] if row else 0
         with conn.transaction():
             conn.execute("DELETE FROM events WHERE ts < now() - make_interval(days => %s)", (retention,))
+        with conn.transaction():  # short: ingest's inserts into rollup_dirty wait only for this
+            conn.execute("SELECT ioc_take_dirty_rollups()")
         with conn.transaction():
             row = conn.execute("SELECT ioc_refresh_rollups()").fetchone()
             res.rollup_minutes = row[0] if row else 0

@@ -150,6 +150,7 @@ def seed(stack: Stack) -> Iterator[Seed]:
             minutes = sorted({ts.replace(second=0) for ts in stamps})
             conn.cursor().executemany("INSERT INTO rollup_dirty (instance, bucket) VALUES (%s, %s)"
                                       " ON CONFLICT DO NOTHING", [(s.instance, m) for m in minutes])
+            conn.execute("SELECT ioc_take_dirty_rollups()")
             conn.execute("SELECT ioc_refresh_rollups()")
         # TimescaleDB: the continuous aggregates are real-time (materialized_only = false), nothing to do.
     yield s

@@ -99,6 +99,7 @@ def test_rollups_recompute_touched_minutes_without_double_counting(fresh_db: str
                             ).fetchone()
         assert hour == (4, 25.0)
         assert conn.execute("SELECT count(*) FROM rollup_dirty").fetchone() == (0,)
+        assert conn.execute("SELECT count(*) FROM rollup_pending").fetchone() == (0,)
 
 
 @pytest.mark.timescale

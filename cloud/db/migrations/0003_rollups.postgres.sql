@@ -24,14 +24,36 @@ CREATE TABLE IF NOT EXISTS rollup_dirty (
     PRIMARY KEY (instance, bucket)
 );
 
-CREATE OR REPLACE FUNCTION ioc_refresh_rollups()
+-- Maintenance moves dirty minutes here in a short transaction, then recomputes them in another: ingest
+-- never waits on a long recompute, and a failed recompute leaves its minutes here for the next run.
+CREATE TABLE IF NOT EXISTS rollup_pending (
+    bucket timestamptz PRIMARY KEY
+);
+
+CREATE OR REPLACE FUNCTION ioc_take_dirty_rollups()
+RETURNS integer LANGUAGE plpgsql AS $$
+DECLARE
+    taken integer;
+BEGIN
+    WITH moved AS (DELETE FROM rollup_dirty RETURNING bucket)
+    INSERT INTO rollup_pending SELECT DISTINCT bucket FROM moved ON CONFLICT DO NOTHING;
+    GET DIAGNOSTICS taken = ROW_COUNT;
+    RETURN taken;
+END $$;
+
+-- Recompute up to max_minutes pending minutes (oldest first) from the raw rows, then their hours.
+CREATE OR REPLACE FUNCTION ioc_refresh_rollups(max_minutes integer DEFAULT 1440)
 RETURNS integer LANGUAGE plpgsql AS $$
 DECLARE
     minutes integer;
 BEGIN
     CREATE TEMP TABLE IF NOT EXISTS _dirty (bucket timestamptz PRIMARY KEY) ON COMMIT DELETE ROWS;
-    WITH taken AS (DELETE FROM rollup_dirty RETURNING bucket)
-    INSERT INTO _dirty SELECT DISTINCT bucket FROM taken;
+    WITH batch AS (
+        SELECT bucket FROM rollup_pending ORDER BY bucket LIMIT max_minutes FOR UPDATE SKIP LOCKED
+    ), taken AS (
+        DELETE FROM rollup_pending p USING batch WHERE p.bucket = batch.bucket RETURNING p.bucket
+    )
+    INSERT INTO _dirty SELECT bucket FROM taken;
     GET DIAGNOSTICS minutes = ROW_COUNT;
     IF minutes = 0 THEN
         RETURN 0;
