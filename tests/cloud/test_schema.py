@@ -100,6 +100,13 @@ def test_rollups_recompute_touched_minutes_without_double_counting(fresh_db: str
         assert hour == (4, 25.0)
         assert conn.execute("SELECT count(*) FROM rollup_dirty").fetchone() == (0,)
         assert conn.execute("SELECT count(*) FROM rollup_pending").fetchone() == (0,)
+        # The minute still under way waits until it is complete: aggregated once, not at every pass.
+        now_minute = "date_bin('1 minute', now(), timestamptz '2000-01-01')"
+        conn.execute("INSERT INTO telemetry VALUES (now(), 'd1', 'pm25', 5)")
+        conn.execute(f"INSERT INTO rollup_dirty VALUES ('i1', {now_minute})")
+        run_maintenance(conn)
+        assert conn.execute(f"SELECT count(*) FROM telemetry_1m WHERE bucket = {now_minute}").fetchone() == (0,)
+        assert conn.execute("SELECT count(*) FROM rollup_dirty").fetchone() == (1,)
 
 
 @pytest.mark.timescale

@@ -30,12 +30,14 @@ CREATE TABLE IF NOT EXISTS rollup_pending (
     bucket timestamptz PRIMARY KEY
 );
 
-CREATE OR REPLACE FUNCTION ioc_take_dirty_rollups()
+-- Only complete minutes (plus a grace for stragglers) are taken, so live data is aggregated once per
+-- minute instead of at every pass; late backlog marks its old minutes dirty again and is recomputed.
+CREATE OR REPLACE FUNCTION ioc_take_dirty_rollups(grace interval DEFAULT interval '10 seconds')
 RETURNS integer LANGUAGE plpgsql AS $$
 DECLARE
     taken integer;
 BEGIN
-    WITH moved AS (DELETE FROM rollup_dirty RETURNING bucket)
+    WITH moved AS (DELETE FROM rollup_dirty WHERE bucket + interval '1 minute' + grace < now() RETURNING bucket)
     INSERT INTO rollup_pending SELECT DISTINCT bucket FROM moved ON CONFLICT DO NOTHING;
     GET DIAGNOSTICS taken = ROW_COUNT;
     RETURN taken;
