@@ -63,8 +63,9 @@ def run_maintenance(conn: psycopg.Connection) -> MaintenanceResult:
         with conn.transaction():
             row = conn.execute("SELECT ioc_refresh_rollups()").fetchone()
             res.rollup_minutes = row[0] if row else 0
-        if res.partitions_created or res.partitions_dropped:
-            log.info("maintenance: %d partitions created, %d dropped", res.partitions_created, res.partitions_dropped)
+        if res.partitions_created or res.partitions_dropped or res.rollup_minutes:
+            log.info("maintenance: %d partitions created, %d dropped, %d rollup minutes recomputed",
+                     res.partitions_created, res.partitions_dropped, res.rollup_minutes)
         return res
     finally:
         conn.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_ID,))

@@ -44,10 +44,14 @@ BEGIN
 END $$;
 
 -- Recompute up to max_minutes pending minutes (oldest first) from the raw rows, then their hours.
+-- One hour at a time: each pass is a single time-range scan (partition pruning, BRIN), never a join
+-- of every dirty minute against the whole table.
 CREATE OR REPLACE FUNCTION ioc_refresh_rollups(max_minutes integer DEFAULT 1440)
 RETURNS integer LANGUAGE plpgsql AS $$
 DECLARE
     minutes integer;
+    h timestamptz;
+    origin constant timestamptz := timestamptz '2000-01-01 00:00:00+00';
 BEGIN
     CREATE TEMP TABLE IF NOT EXISTS _dirty (bucket timestamptz PRIMARY KEY) ON COMMIT DELETE ROWS;
     WITH batch AS (
@@ -57,25 +61,28 @@ BEGIN
     )
     INSERT INTO _dirty SELECT bucket FROM taken;
     GET DIAGNOSTICS minutes = ROW_COUNT;
-    IF minutes = 0 THEN
-        RETURN 0;
-    END IF;
 
-    INSERT INTO telemetry_1m AS r (bucket, device_id, metric, n, total, min, max, mean)
-    SELECT d.bucket, t.device_id, t.metric, count(*), sum(t.value), min(t.value), max(t.value), avg(t.value)
-    FROM _dirty d
-    JOIN telemetry t ON t.ts >= d.bucket AND t.ts < d.bucket + interval '1 minute'
-    GROUP BY d.bucket, t.device_id, t.metric
-    ON CONFLICT (device_id, metric, bucket) DO UPDATE
-        SET n = EXCLUDED.n, total = EXCLUDED.total, min = EXCLUDED.min, max = EXCLUDED.max, mean = EXCLUDED.mean;
+    FOR h IN SELECT DISTINCT date_trunc('hour', bucket, 'UTC') FROM _dirty ORDER BY 1 LOOP
+        INSERT INTO telemetry_1m AS r (bucket, device_id, metric, n, total, min, max, mean)
+        SELECT date_bin('1 minute', t.ts, origin), t.device_id, t.metric,
+               count(*), sum(t.value), min(t.value), max(t.value), avg(t.value)
+        FROM telemetry t
+        WHERE t.ts >= h AND t.ts < h + interval '1 hour'
+          AND date_bin('1 minute', t.ts, origin) IN (
+              SELECT bucket FROM _dirty WHERE bucket >= h AND bucket < h + interval '1 hour')
+        GROUP BY 1, 2, 3
+        ON CONFLICT (device_id, metric, bucket) DO UPDATE
+            SET n = EXCLUDED.n, total = EXCLUDED.total, min = EXCLUDED.min, max = EXCLUDED.max,
+                mean = EXCLUDED.mean;
 
-    INSERT INTO telemetry_1h AS r (bucket, device_id, metric, n, total, min, max, mean)
-    SELECT h.hour, m.device_id, m.metric, sum(m.n), sum(m.total), min(m.min), max(m.max), sum(m.total) / sum(m.n)
-    FROM (SELECT DISTINCT date_trunc('hour', bucket, 'UTC') AS hour FROM _dirty) h
-    JOIN telemetry_1m m ON m.bucket >= h.hour AND m.bucket < h.hour + interval '1 hour'
-    GROUP BY h.hour, m.device_id, m.metric
-    ON CONFLICT (device_id, metric, bucket) DO UPDATE
-        SET n = EXCLUDED.n, total = EXCLUDED.total, min = EXCLUDED.min, max = EXCLUDED.max, mean = EXCLUDED.mean;
-
+        INSERT INTO telemetry_1h AS r (bucket, device_id, metric, n, total, min, max, mean)
+        SELECT h, m.device_id, m.metric, sum(m.n), sum(m.total), min(m.min), max(m.max), sum(m.total) / sum(m.n)
+        FROM telemetry_1m m
+        WHERE m.bucket >= h AND m.bucket < h + interval '1 hour'
+        GROUP BY m.device_id, m.metric
+        ON CONFLICT (device_id, metric, bucket) DO UPDATE
+            SET n = EXCLUDED.n, total = EXCLUDED.total, min = EXCLUDED.min, max = EXCLUDED.max,
+                mean = EXCLUDED.mean;
+    END LOOP;
     RETURN minutes;
 END $$;
