@@ -48,8 +48,8 @@ def run_maintenance(conn: psycopg.Connection) -> MaintenanceResult:
                 # Cover today..ahead, plus any older day the default partition holds (late backlog).
                 row = conn.execute(
                     f"SELECT ioc_ensure_partitions(%s,"
-                    f" LEAST((SELECT min(ts) FROM {table}_default), now())::date,"
-                    " (now() + make_interval(days => %s))::date)",
+                    f" (LEAST((SELECT min(ts) FROM {table}_default), now()) AT TIME ZONE 'UTC')::date,"
+                    " ((now() + make_interval(days => %s)) AT TIME ZONE 'UTC')::date)",
                     (table, ahead),
                 ).fetchone()
                 res.partitions_created += row[0] if row else 0

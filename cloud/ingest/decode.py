@@ -93,6 +93,8 @@ class Decoder:
     def _decode(self, out: Decoded, topic: str, payload: bytes, now_ms: int) -> None:
         if len(payload) > self._max_payload:
             raise _RejectError(f"oversize payload: {len(payload)} bytes > limit {self._max_payload}")
+        if b"\\u0000" in payload or b"\x00" in payload:  # PostgreSQL text cannot hold NUL
+            raise _RejectError("payload contains a NUL character")
         try:
             t = topics.parse(topic)
         except topics.TopicError as e:
@@ -116,7 +118,10 @@ class Decoder:
         elif t.kind == "cfg" and t.leaf == "reported":
             raw = _parse_json(payload)
             _check_header(raw, t.device_id)
-            out.config = (raw.get("version"), json.dumps(raw.get("config", raw)))
+            version = raw.get("version")
+            if version is not None and (type(version) is not int or not 0 <= version < 2**31):
+                raise _RejectError(f"reported config version {version!r} is not a whole number")
+            out.config = (version, json.dumps(raw.get("config", raw)))
         else:
             raise _RejectError(f"topic {topic!r} is not one ingest stores")
 

@@ -93,6 +93,7 @@ class IngestService:
         for t in self._threads:
             t.join(timeout=2)
         self._writer.close()
+        self._devices.close()
         self._report(self.stats.snapshot(0))
         log.info("ingest %s stopped: %d messages, %d points, %d dead letters", self.settings.instance,
                  self.stats.messages, self.stats.points, self.stats.dead_letters)

@@ -10,7 +10,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 def _default_instance() -> str:
-    return f"ingest-{socket.gethostname()}-{os.getpid()}"
+    """Stable across restarts (the broker keeps our queued messages under it); give every process on
+    one host its own --instance."""
+    return f"ingest-{socket.gethostname()}"
 
 
 class IngestSettings(BaseSettings):

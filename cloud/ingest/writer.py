@@ -35,7 +35,7 @@ SELECT {_TS}, device_id, metric, value FROM stage_telemetry"""
 _MARK_DIRTY = f"""
 INSERT INTO rollup_dirty (instance, bucket)
 SELECT DISTINCT %s::text, date_bin('1 minute', {_TS}, timestamptz '2000-01-01 00:00:00+00') FROM stage_telemetry
-ON CONFLICT DO NOTHING"""
+ON CONFLICT (instance, bucket) DO UPDATE SET bucket = EXCLUDED.bucket"""  # lock the row: upkeep waits for our commit
 _INSERT_COUNTS = f"""
 INSERT INTO traffic_counts (ts, device_id, line, cls, direction, interval_s, count, boot_id)
 SELECT {_TS}, device_id, line, cls, direction, interval_s, count, boot_id FROM stage_counts"""
@@ -44,7 +44,8 @@ INSERT INTO events (ts, device_id, kind, severity, details)
 VALUES (timestamptz 'epoch' + %s * interval '1 millisecond', %s, %s, %s, %s::jsonb)
 ON CONFLICT DO NOTHING"""
 _INSERT_DEAD = """
-INSERT INTO dead_letters (topic, device_id, reason, payload, payload_size) VALUES (%s, %s, %s, %s, %s)"""
+INSERT INTO dead_letters (topic, device_id, reason, payload, payload_size) VALUES (%s, %s, %s, %s, %s)
+ON CONFLICT (topic, payload_hash) DO NOTHING"""  # a redelivered bad message is recorded once
 _UPSERT_STATUS = """
 INSERT INTO device_status AS s (device_id, online, boot_id, firmware, config_version, status_ts,
                                 status_changed_at, reason, last_seen)
@@ -82,8 +83,11 @@ def _insert_or_ignore(conn: psycopg.Connection, cur: psycopg.Cursor, insert: str
 
 
 def is_data_error(e: psycopg.Error) -> bool:
-    """True when the content of a message caused the error, so retrying it can never succeed."""
-    return (e.sqlstate or "")[:2] in _DATA_ERROR_CLASSES
+    """True when the content of a message caused the error, so retrying it can never succeed: a server
+    data or constraint error, or a value the driver itself refuses (no SQLSTATE, not a connection error)."""
+    if e.sqlstate is None:
+        return not isinstance(e, psycopg.OperationalError | psycopg.InterfaceError)
+    return e.sqlstate[:2] in _DATA_ERROR_CLASSES
 
 
 class BatchWriter:
@@ -98,7 +102,8 @@ class BatchWriter:
 
     def _connection(self) -> psycopg.Connection:
         if self._conn is None or self._conn.closed or self._conn.broken:
-            self._conn = psycopg.connect(self._dsn, application_name=self._instance)
+            self._conn = psycopg.connect(self._dsn, application_name=self._instance, connect_timeout=5,
+                                         keepalives=1, keepalives_idle=30)
             with self._conn.transaction():
                 self._conn.execute(_STAGING)
         return self._conn
@@ -127,6 +132,7 @@ class BatchWriter:
             for d in batch:
                 try:
                     with conn.transaction():  # savepoint
+                        conn.execute("DELETE FROM stage_telemetry; DELETE FROM stage_counts")
                         dead += self._write(conn, [d])
                 except psycopg.Error as e:
                     if not is_data_error(e):

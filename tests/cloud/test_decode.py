@@ -47,6 +47,8 @@ def test_a_valid_message_becomes_copy_rows() -> None:
         ("tlm/v1/north/gw-1/env", b"x" * 10_001, "oversize payload: 10001 bytes"),
         ("telemetry/north/gw-1", _msg(), "unknown topic"),
         ("tlm/v1/north/gw-1/counts", _msg(), "does not count objects"),
+        ("evt/v1/north/gw-1/x", b'{"v": 1, "events": [{"kind": "a\\u0000b"}]}', "NUL character"),
+        ("cfg/v1/gw-1/reported", b'{"v": 1, "device_id": "gw-1", "version": true}', "not a whole number"),
     ],
 )
 def test_unusable_messages_are_dead_lettered_whole_with_a_reason(topic: str, payload: bytes, reason: str) -> None:

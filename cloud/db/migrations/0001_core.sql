@@ -47,9 +47,12 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     device_id    text,
     reason       text NOT NULL,
     payload      bytea NOT NULL,
-    payload_size integer NOT NULL
+    payload_size integer NOT NULL,
+    payload_hash bytea GENERATED ALWAYS AS (sha256(payload)) STORED
 );
 CREATE INDEX IF NOT EXISTS dead_letters_received_at ON dead_letters (received_at);
+-- A redelivered bad message (ingest restarted before acknowledging it) is recorded once.
+CREATE UNIQUE INDEX IF NOT EXISTS dead_letters_once ON dead_letters (topic, payload_hash);
 
 -- Each ingest process reports its counters here every few seconds (`ioc status`).
 CREATE TABLE IF NOT EXISTS ingest_instances (

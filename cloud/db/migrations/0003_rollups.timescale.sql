@@ -9,7 +9,7 @@ FROM telemetry
 GROUP BY 1, 2, 3
 WITH NO DATA;
 SELECT add_continuous_aggregate_policy('telemetry_1m',
-    start_offset => interval '3 days', end_offset => interval '1 minute',
+    start_offset => interval '90 days', end_offset => interval '1 minute',  -- backlog up to retention
     schedule_interval => interval '1 minute', if_not_exists => true);
 
 CREATE MATERIALIZED VIEW IF NOT EXISTS telemetry_1h
@@ -20,5 +20,5 @@ FROM telemetry_1m
 GROUP BY 1, 2, 3
 WITH NO DATA;
 SELECT add_continuous_aggregate_policy('telemetry_1h',
-    start_offset => interval '7 days', end_offset => interval '1 hour',
+    start_offset => interval '90 days', end_offset => interval '1 hour',
     schedule_interval => interval '15 minutes', if_not_exists => true);
