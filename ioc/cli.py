@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -32,9 +33,22 @@ MqttHost = Annotated[str | None, typer.Option(help="broker host (default: IOC_MQ
 MqttPort = Annotated[int | None, typer.Option(help="broker port (default: IOC_MQTT_PORT or the local stack)")]
 
 
+class LogLevel(StrEnum):
+    DEBUG = "DEBUG"
+    INFO = "INFO"
+    WARNING = "WARNING"
+    ERROR = "ERROR"
+
+
+class Backend(StrEnum):
+    auto = "auto"
+    timescale = "timescale"
+    postgres = "postgres"
+
+
 @app.callback()
-def _main(log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING")] = "INFO") -> None:
-    logging.basicConfig(level=log_level.upper(), format="%(message)s", datefmt="%H:%M:%S",
+def _main(log_level: Annotated[LogLevel, typer.Option(case_sensitive=False)] = LogLevel.INFO) -> None:
+    logging.basicConfig(level=log_level.value, format="%(message)s", datefmt="%H:%M:%S",
                         handlers=[RichHandler(console=Console(stderr=True), show_path=False)])
 
 
@@ -95,12 +109,13 @@ def stack_status(directory: StackDir = None) -> None:
 # -- database ---------------------------------------------------------------------------------
 @db_app.command("migrate")
 def db_migrate(dsn: Dsn = None, directory: StackDir = None,
-               backend: Annotated[str, typer.Option(help="auto, timescale or postgres")] = "auto") -> None:
+               backend: Annotated[Backend, typer.Option(help="auto picks TimescaleDB when available")] = Backend.auto,
+               ) -> None:
     """Apply pending migrations (TimescaleDB when available, else plain PostgreSQL)."""
     from cloud.db.migrate import migrate as run_migrate
 
     dsn = resolve_dsn(dsn, directory)
-    chosen, applied = run_migrate(dsn, backend)
+    chosen, applied = run_migrate(dsn, backend.value)
     console.print(f"backend {chosen}; applied: {', '.join(applied) or 'nothing (up to date)'}")
 
 
@@ -167,6 +182,9 @@ def ingest(dsn: Dsn = None, mqtt_host: MqttHost = None, mqtt_port: MqttPort = No
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     svc.start()
+    if not svc.wait_connected(10):
+        console.print(f"[yellow]warning:[/yellow] not subscribed at mqtt://{ep.mqtt_host}:{ep.mqtt_port} yet; "
+                      "ingest keeps retrying (see the log)")
     stop.wait()
     svc.stop()
 
@@ -253,6 +271,10 @@ def main() -> None:
     """Entry point: expected failures become one readable line, not a traceback."""
     try:
         app()
-    except (StackError, psycopg.OperationalError) as e:
+    except psycopg.errors.UndefinedTable as e:
+        console.print(f"[red]error:[/red] the database has no IOC schema ({e.diag.message_primary}): "
+                      "run `ioc db migrate` (or `ioc stack up`)")
+        raise SystemExit(1) from None
+    except (StackError, psycopg.OperationalError, RuntimeError, TimeoutError, ValueError) as e:
         console.print(f"[red]error:[/red] {e}")
         raise SystemExit(1) from None

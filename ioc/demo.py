@@ -65,7 +65,7 @@ def _start_camera_box(stack: Stack, stop: threading.Event, console: Console) -> 
 def _camera_table(conn: psycopg.Connection) -> Table:
     rows = conn.execute("SELECT cls, direction, sum(count) FROM traffic_counts WHERE device_id = %s"
                         " GROUP BY cls, direction ORDER BY cls, direction", (CAMERA_ID,)).fetchall()
-    health = dict(conn.execute(
+    health: dict[str, float] = dict(conn.execute(
         "SELECT DISTINCT ON (metric) metric, value FROM telemetry WHERE device_id = %s"
         " AND metric IN ('analysis_fps', 'inference_ms') AND ts > now() - interval '5 minutes'"
         " ORDER BY metric, ts DESC", (CAMERA_ID,)).fetchall())

@@ -53,6 +53,8 @@ class MqttConsumer:
         c.on_disconnect = self._on_disconnect
         c.on_message = self._on_message
         c.on_subscribe = self._on_subscribe
+        c.on_connect_fail = lambda *_: log.warning("cannot reach the broker at mqtt://%s:%s; retrying",
+                                                   settings.mqtt_host, settings.mqtt_port)
         self._client = c
 
     def subscriptions(self) -> list[tuple[str, int]]:

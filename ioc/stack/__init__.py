@@ -64,7 +64,12 @@ class Stack:
             password=state.get("pg_password") or secrets.token_urlsafe(18),
             bin_dir=find_pg_bin(os.environ.get("IOC_PG_BIN")),
         )
-        return cls(root=root, postgres=pg, mosquitto=mosq)
+        stack = cls(root=root, postgres=pg, mosquitto=mosq)
+        for name, server, asked, saved in (("mosquitto", mosq, mqtt_port, state.get("mqtt_port")),
+                                            ("postgres", pg, pg_port, state.get("pg_port"))):
+            if asked and saved and asked != saved and server.pid() is not None:
+                raise StackError(f"{name} already runs on port {saved}: `ioc stack down` first to change its port")
+        return stack
 
     @classmethod
     def existing(cls, root: Path | None = None) -> Stack:

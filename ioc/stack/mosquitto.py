@@ -68,7 +68,7 @@ class Mosquitto:
         return self.root / "mosquitto.log"
 
     def pid(self) -> int | None:
-        return read_pid(self.root / "mosquitto.pid")
+        return read_pid(self.root / "mosquitto.pid", "mosquitto")
 
     def running(self) -> bool:
         return self.pid() is not None and port_open(self.host, self.port)

@@ -50,7 +50,7 @@ class Postgres:
         return f"postgresql://{self.user}:{self.password}@{self.host}:{self.port}/{self.database}"
 
     def pid(self) -> int | None:
-        return read_pid(self.data_dir / "postmaster.pid")
+        return read_pid(self.data_dir / "postmaster.pid", "postgres")
 
     def running(self) -> bool:
         return self.pid() is not None and port_open(self.host, self.port)
@@ -80,7 +80,8 @@ class Postgres:
         with conf.open("a") as f:
             f.write(
                 "\n# local IOC stack\nlisten_addresses = '127.0.0.1'\n"
-                f"unix_socket_directories = '{self.root}'\n"
+                f"unix_socket_directories = '{self.root}'\nunix_socket_permissions = 0700\n"
+                "timezone = 'UTC'\nlog_timezone = 'UTC'\n"
                 "shared_buffers = 256MB\nwal_compression = on\nmax_wal_size = 2GB\n"
                 "synchronous_commit = on\nlog_min_duration_statement = 2000\n"
                 "shared_preload_libraries = ''\n"

@@ -48,12 +48,18 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-def read_pid(path: Path) -> int | None:
+def read_pid(path: Path, program: str) -> int | None:
+    """The pid in a pid file, if that process is alive and really runs `program` (a stale file after a
+    reboot may name an unrelated process, which we must never signal)."""
     try:
         pid = int(path.read_text().split()[0])
     except (OSError, ValueError, IndexError):
         return None
-    return pid if pid_alive(pid) else None
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return None
+    return pid if program.encode() in cmdline and pid_alive(pid) else None
 
 
 def service_user() -> str | None:

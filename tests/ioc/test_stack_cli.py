@@ -69,3 +69,30 @@ def test_missing_server_binaries_give_a_one_line_fix() -> None:
         find_binary("/nonexistent/mosquitto")
     with pytest.raises(StackError, match="apt-get install -y postgresql"):
         find_bin_dir("/nonexistent/bin")
+
+
+def test_a_stale_pid_file_naming_another_program_is_never_signalled(tmp_path: Path) -> None:
+    from ioc.stack.procs import read_pid
+
+    pid_file = tmp_path / "mosquitto.pid"
+    pid_file.write_text(f"{os.getpid()}\n")  # alive, but it is this test, not a broker
+    assert read_pid(pid_file, "mosquitto") is None
+    pid_file.write_text("999999999\n")
+    assert read_pid(pid_file, "mosquitto") is None
+
+
+def test_commands_on_a_database_without_schema_say_to_migrate(stack: object) -> None:
+    import psycopg
+    from psycopg import sql
+
+    name = f"empty_{os.getpid()}"
+    dsn = stack.dsn  # type: ignore[attr-defined]
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        out = ioc("devices", "list", "--dsn", dsn.rsplit("/", 1)[0] + "/" + name, check=False)
+        assert out.returncode == 1
+        assert "ioc db migrate" in out.stdout
+    finally:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
