@@ -59,6 +59,7 @@ class IngestService:
         )
         self._consumer = MqttConsumer(settings, self._receive)
         self._threads: list[threading.Thread] = []
+        self._writer: BatchWriter | None = None
         self._started_at = datetime.now(UTC)
         self.last_snapshot: Snapshot | None = None
 
@@ -88,11 +89,14 @@ class IngestService:
         self._stopping.set()
         with self._cond:
             self._cond.notify_all()
-        self._done.wait(timeout)
+        if self._writer is None:  # start() never got far enough
+            return
+        finished = self._done.wait(timeout)
         self._consumer.stop()
         for t in self._threads:
             t.join(timeout=2)
-        self._writer.close()
+        if finished:  # else the writer thread may still hold its connection; the process exit closes it
+            self._writer.close()
         self._devices.close()
         self._report(self.stats.snapshot(0))
         log.info("ingest %s stopped: %d messages, %d points, %d dead letters", self.settings.instance,
@@ -144,11 +148,13 @@ class IngestService:
             try:
                 t = now_ms()
                 decoded = [self._decoder.decode(m.topic, m.payload, t) for m in batch]
+                assert self._writer is not None  # set by start() before the writer thread runs
                 dead = self._writer.write(decoded)
                 break
             except psycopg.Error as e:
                 self.stats.failed(f"{type(e).__name__}: {e}".strip())
-                self._writer.close()
+                if self._writer is not None:
+                    self._writer.close()
                 if give_up_on_failure or (self._stopping.is_set() and delay > 2):
                     log.warning("database unavailable while stopping; %d messages stay queued at the broker",
                                 len(batch))
