@@ -20,7 +20,9 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from multiprocessing.process import BaseProcess
+from multiprocessing.synchronize import Event as MpEvent
 from pathlib import Path
 
 import numpy as np
@@ -46,8 +48,8 @@ SITE = "bench"
 
 
 # -- load generator ------------------------------------------------------------------------------
-def publisher(port: int, devices: Sequence[str], count: int, window: int, ready: mp.Event,
-              go: mp.Event, rate: float) -> None:
+def publisher(port: int, devices: Sequence[str], count: int, window: int, ready: MpEvent,
+              go: MpEvent, rate: float) -> None:
     """One process, one MQTT connection per device, QoS 1, at most `window` unacknowledged messages.
 
     paho's network loop is driven from this thread (no loop_start): a publish goes straight to the
@@ -88,8 +90,8 @@ def publisher(port: int, devices: Sequence[str], count: int, window: int, ready:
 
 
 def run_load(port: int, devices: list[str], messages: int, publishers: int, window: int,
-             rate: float) -> float:
-    """Returns the time the first message could be published."""
+             rate: float) -> tuple[float, Sequence[BaseProcess]]:
+    """Starts the publisher processes; returns when they may begin and the processes."""
     ctx = mp.get_context("spawn")
     groups = [devices[i::publishers] for i in range(publishers)]
     per_proc = messages // publishers
@@ -104,7 +106,7 @@ def run_load(port: int, devices: list[str], messages: int, publishers: int, wind
         r.wait(60)
     start = time.time()
     go.set()
-    return start, procs  # type: ignore[return-value]
+    return start, procs
 
 
 # -- the two subscribers -------------------------------------------------------------------------
@@ -224,10 +226,10 @@ def _measure(name: str, stack: Stack, devices: list[str], messages: int, publish
 
 
 # -- reporting -----------------------------------------------------------------------------------
-def _wait(cond: object, timeout: float, what: str) -> None:
+def _wait(cond: Callable[[], bool], timeout: float, what: str) -> None:
     deadline = time.time() + timeout
     last = -1.0
-    while not cond():  # type: ignore[operator]
+    while not cond():
         if time.time() > deadline:
             raise SystemExit(f"timed out waiting for {what}")
         if time.time() - last > 5:
@@ -239,7 +241,8 @@ def _wait(cond: object, timeout: float, what: str) -> None:
 def _result(name: str, log: CommitLog, start: float, total: int, stack: Stack, devices: list[str]) -> dict:
     elapsed = log.last_commit - start
     with psycopg.connect(stack.dsn) as conn:
-        rows = conn.execute("SELECT count(*) FROM telemetry WHERE device_id = ANY(%s)", (devices,)).fetchone()[0]
+        row = conn.execute("SELECT count(*) FROM telemetry WHERE device_id = ANY(%s)", (devices,)).fetchone()
+        rows = row[0] if row else 0
     lat = np.array(log.latencies)
     return {"name": name, "messages": total, "seconds": elapsed, "msg_s": total / elapsed,
             "points_s": rows / elapsed, "rows": rows, "expected_rows": total * len(METRICS),

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from rich.console import Group
+from rich.console import Group, RenderableType
 from rich.table import Table
 
 from ioc.status import SystemStatus
@@ -36,10 +36,10 @@ def status_view(st: SystemStatus, title: str = "City telemetry") -> Group:
     summary.add_row("traffic count rows", _num(st.count_rows))
     summary.add_row("devices online", f"{st.online:,} / {st.devices:,}")
     summary.add_row("dead letters", _num(st.dead_letters))
-    parts: list[object] = [summary, ingest_table(st)]
+    parts: list[RenderableType] = [summary, ingest_table(st)]
     if st.recent_dead:
         dl = Table("topic", "reason", title="Latest dead letters")
         for topic, reason in st.recent_dead:
             dl.add_row(topic, reason[:110])
         parts.append(dl)
-    return Group(*parts)  # type: ignore[arg-type]
+    return Group(*parts)
