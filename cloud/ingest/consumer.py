@@ -20,6 +20,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from cloud.ingest.paho_fastpath import FastPathClient
 from cloud.ingest.settings import IngestSettings
 from contract import topics
 
@@ -42,8 +43,8 @@ class MqttConsumer:
         self._sink = sink
         self.generation = 0
         self.connected = threading.Event()  # set once the broker confirmed our subscriptions
-        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=settings.instance,
-                        protocol=mqtt.MQTTv5, manual_ack=True)
+        c = FastPathClient(CallbackAPIVersion.VERSION2, client_id=settings.instance,
+                           protocol=mqtt.MQTTv5, manual_ack=True)
         if settings.mqtt_username:
             c.username_pw_set(settings.mqtt_username, settings.mqtt_password)
         c.reconnect_delay_set(min_delay=1, max_delay=int(settings.retry_max_delay_s))
@@ -51,7 +52,8 @@ class MqttConsumer:
             c.enable_logger(logging.getLogger("paho"))  # packet trace, only when asked for
         c.on_connect = self._on_connect
         c.on_disconnect = self._on_disconnect
-        c.on_message = self._on_message
+        c.on_fast_publish = self._on_fast_publish
+        c.on_message = self._on_message  # the rare message paho decodes itself (e.g. one with properties)
         c.on_subscribe = self._on_subscribe
         c.on_connect_fail = lambda *_: log.warning("cannot reach the broker at mqtt://%s:%s; retrying",
                                                    settings.mqtt_host, settings.mqtt_port)
@@ -83,12 +85,9 @@ class MqttConsumer:
     def ack(self, items: Sequence[Inbound]) -> int:
         """PUBACK in arrival order; items from a previous connection are skipped (the broker resends them)."""
         gen = self.generation
-        sent = 0
-        for it in items:
-            if it.qos == 1 and it.generation == gen:
-                self._client.ack(it.mid, 1)
-                sent += 1
-        return sent
+        mids = [it.mid for it in items if it.qos == 1 and it.generation == gen]
+        self._client.ack_many(mids)
+        return len(mids)
 
     def _on_connect(self, client: mqtt.Client, _ud: Any, flags: mqtt.ConnectFlags, rc: ReasonCode,
                     _props: Properties | None) -> None:
@@ -114,5 +113,8 @@ class MqttConsumer:
         if rc.value != 0:
             log.warning("lost the broker (%s); reconnecting", rc)
 
+    def _on_fast_publish(self, mid: int, qos: int, topic: str, payload: bytes) -> None:
+        self._sink(Inbound(mid, qos, topic, payload, time.monotonic(), self.generation))
+
     def _on_message(self, _c: mqtt.Client, _ud: Any, msg: mqtt.MQTTMessage) -> None:
-        self._sink(Inbound(msg.mid, msg.qos, msg.topic, bytes(msg.payload), time.monotonic(), self.generation))
+        self._on_fast_publish(msg.mid, msg.qos, msg.topic, bytes(msg.payload))
