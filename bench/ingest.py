@@ -22,7 +22,6 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from multiprocessing.process import BaseProcess
-from multiprocessing.synchronize import Event as MpEvent
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +33,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.mqtt_load import paho_publisher, publisher  # noqa: E402
 from cloud.db.devices import register_devices  # noqa: E402
 from cloud.db.migrate import migrate  # noqa: E402
 from cloud.ingest.decode import Decoded  # noqa: E402
@@ -48,56 +48,18 @@ SITE = "bench"
 
 
 # -- load generator ------------------------------------------------------------------------------
-def publisher(port: int, devices: Sequence[str], count: int, window: int, ready: MpEvent,
-              go: MpEvent, rate: float) -> None:
-    """One process, one MQTT connection per device, QoS 1, at most `window` unacknowledged messages.
-
-    paho's network loop is driven from this thread (no loop_start): a publish goes straight to the
-    socket instead of waking a second thread, which halves the generator's CPU per message."""
-    clients = []
-    for dev in devices:
-        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"pub-{dev}", protocol=mqtt.MQTTv311)
-        c.max_inflight_messages_set(window)
-        c.connect("127.0.0.1", port)
-        clients.append(c)
-    ready.set()
-    go.wait()
-    per = count // len(devices)
-    seq = 0
-    last_ts = dict.fromkeys(devices, 0)
-    t0 = time.monotonic()
-    for i in range(per):
-        if rate and i % 4 == 0:  # pace: message number seq is due at t0 + seq / rate
-            ahead = t0 + seq / rate - time.monotonic()
-            if ahead > 0:
-                time.sleep(ahead)
-        for c, dev in zip(clients, devices, strict=True):
-            seq += 1
-            ts = last_ts[dev] = max(now_ms(), last_ts[dev] + 1)  # live data; strictly increasing per device
-            body = (f'{{"v":1,"device_id":"{dev}","boot_id":"bench","seq":{seq},"sent_at":{now_ms()},'
-                    f'"samples":[{{"ts":{ts},"values":{{"pm25":{12 + i % 7}.5,"pm10":{20 + i % 5}.0,'
-                    f'"co2":{400 + i % 50}.0,"noise":{55 + i % 9}.0,"temperature":{25 + i % 3}.25}}}}]}}')
-            c.publish(topics.telemetry(SITE, dev, "env"), body, qos=1)
-            while len(c._out_messages) >= window:
-                c.loop(0.005)
-        if i % 8 == 0:
-            for c in clients:
-                c.loop(0)
-    for c in clients:
-        while c._out_messages:
-            c.loop(0.01)
-        c.disconnect()
+GENERATORS = {"raw": publisher, "paho": paho_publisher}
 
 
 def run_load(port: int, devices: list[str], messages: int, publishers: int, window: int,
-             rate: float) -> tuple[float, Sequence[BaseProcess]]:
+             rate: float, generator: str) -> tuple[float, Sequence[BaseProcess]]:
     """Starts the publisher processes; returns when they may begin and the processes."""
     ctx = mp.get_context("spawn")
     groups = [devices[i::publishers] for i in range(publishers)]
     per_proc = messages // publishers
     readies = [ctx.Event() for _ in groups]
     go = ctx.Event()
-    procs = [ctx.Process(target=publisher, args=(port, g, per_proc, window, r, go, rate / publishers),
+    procs = [ctx.Process(target=GENERATORS[generator], args=(port, g, per_proc, window, r, go, rate / publishers),
                          daemon=True)
              for g, r in zip(groups, readies, strict=True)]
     for p in procs:
@@ -157,7 +119,7 @@ class CommitLog:
 
 
 def run_ours(stack: Stack, devices: list[str], messages: int, publishers: int, window: int, batch: int,
-             receive_max: int, rate: float) -> dict:
+             receive_max: int, rate: float, generator: str) -> dict:
     log = CommitLog()
 
     def hook(batch: Sequence[Decoded], committed: int) -> None:
@@ -170,7 +132,7 @@ def run_ours(stack: Stack, devices: list[str], messages: int, publishers: int, w
     svc.start()
     assert svc.wait_connected(10)
     try:
-        return _measure("ingest service", stack, devices, messages, publishers, window, rate, log)
+        return _measure("ingest service", stack, devices, messages, publishers, window, rate, generator, log)
     finally:
         svc.stop()
 
@@ -199,22 +161,23 @@ class NaiveSubscriber:
         self.log.add(1, [now_ms() - body["sent_at"]])
 
 
-def run_naive(stack: Stack, devices: list[str], messages: int, publishers: int, window: int, rate: float) -> dict:
+def run_naive(stack: Stack, devices: list[str], messages: int, publishers: int, window: int, rate: float,
+              generator: str) -> dict:
     log = CommitLog()
     naive = NaiveSubscriber(stack, log)
     naive.client.loop_start()
     time.sleep(0.5)
     try:
-        return _measure("naive subscriber", stack, devices, messages, publishers, window, rate, log)
+        return _measure("naive subscriber", stack, devices, messages, publishers, window, rate, generator, log)
     finally:
         naive.client.disconnect()
         naive.client.loop_stop()
 
 
 def _measure(name: str, stack: Stack, devices: list[str], messages: int, publishers: int, window: int,
-             rate: float, log: CommitLog) -> dict:
+             rate: float, generator: str, log: CommitLog) -> dict:
     """Offer the load, wait until the subscriber committed all of it, and collect the figures."""
-    start, procs = run_load(stack.mqtt_port, devices, messages, publishers, window, rate)
+    start, procs = run_load(stack.mqtt_port, devices, messages, publishers, window, rate, generator)
     cpu = CpuMeter(stack)
     per_device = messages // publishers // (len(devices) // publishers)
     total = per_device * len(devices)
@@ -253,7 +216,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--messages", type=int, default=300_000)
     ap.add_argument("--naive-messages", type=int, default=20_000)
-    ap.add_argument("--publishers", type=int, default=2)
+    ap.add_argument("--publishers", type=int, default=1, help="load generator processes")
+    ap.add_argument("--generator", choices=sorted(GENERATORS), default="raw",
+                    help="raw: MQTT written by hand, ~7 µs CPU a message; paho: ~90 µs (bench/mqtt_load.py)")
     ap.add_argument("--devices", type=int, default=100)
     ap.add_argument("--window", type=int, default=500, help="unacknowledged messages per publisher connection")
     ap.add_argument("--rate", type=float, default=15_000,
@@ -275,12 +240,13 @@ def main() -> None:
     try:
         print(f"ingest service: {args.messages:,} messages from {args.publishers} publisher processes …", flush=True)
         ours = run_ours(stack, devices, args.messages, args.publishers, args.window, args.batch, args.receive_max,
-                        args.rate)
+                        args.rate, args.generator)
         if args.skip_naive:
             print(ours)
             return
         print(f"naive subscriber: {args.naive_messages:,} messages …", flush=True)
-        naive = run_naive(stack, naive_devices, args.naive_messages, args.publishers, args.window, args.rate)
+        naive = run_naive(stack, naive_devices, args.naive_messages, args.publishers, args.window, args.rate,
+                          args.generator)
     finally:
         stack.down()
         shutil.rmtree(root, ignore_errors=True)

@@ -1,13 +1,16 @@
 """Ingest: MQTT consumer → batcher → writer, acknowledging only after the commit.
 
-Threads: paho's network thread appends to `pending`; the writer thread takes batches (by size or
-age), decodes, commits, then acks; a stats thread reports; a maintenance thread keeps partitions and
-rollups current (plain-PostgreSQL path). Any number of these processes can share one broker group.
+Threads: paho's network thread appends to `pending`; the decoder thread takes batches (by size or
+age) and decodes them; the writer thread commits each batch, then acks it, so decoding the next batch
+overlaps the database's work on this one; a stats thread reports; a maintenance thread keeps
+partitions and rollups current (plain-PostgreSQL path). Any number of these processes can share one
+broker group.
 """
 
 from __future__ import annotations
 
 import logging
+import queue
 import random
 import socket
 import threading
@@ -52,6 +55,9 @@ class IngestService:
         self._cond = threading.Condition()
         self._stopping = threading.Event()
         self._done = threading.Event()
+        # Decoded batches waiting for the writer: one in hand, one ready. Bounded, so a slow database
+        # holds messages back at the broker (unacknowledged) rather than in our memory.
+        self._decoded: queue.Queue[tuple[list[Inbound], list[Decoded], bool] | None] = queue.Queue(maxsize=1)
         self._devices = DeviceCache(settings.dsn)
         self._decoder = Decoder(
             self._devices.get, settings.max_payload_bytes,
@@ -71,7 +77,8 @@ class IngestService:
             raise RuntimeError("database has no IOC schema: run `ioc db migrate` first")
         self._writer = BatchWriter(self.settings.dsn, self.settings.instance, mark_rollups=backend == "postgres")
         self._devices.refresh()
-        for name, target in (("ingest-writer", self._write_loop), ("ingest-stats", self._stats_loop),
+        for name, target in (("ingest-decoder", self._decode_loop), ("ingest-writer", self._write_loop),
+                             ("ingest-stats", self._stats_loop),
                              ("ingest-maintenance", self._maintenance_loop)):
             t = threading.Thread(target=target, name=name, daemon=True)
             t.start()
@@ -126,28 +133,41 @@ class IngestService:
             del self._pending[: s.batch_max_messages]
             return batch
 
-    def _write_loop(self) -> None:
+    def _decode_loop(self) -> None:
+        """Stage 1: batch and decode, so the next batch is ready while the database commits this one."""
         try:
             while not self._stopping.is_set():
                 batch = self._next_batch()
                 if batch:
-                    self._commit(batch, give_up_on_failure=False)
+                    self._decoded.put((batch, self._decode(batch), False))
             # Final flush of what had arrived when asked to stop; later arrivals stay at the broker.
             with self._cond:
                 final, self._pending = self._pending, []
             size = self.settings.batch_max_messages
             for i in range(0, len(final), size):
-                if not self._commit(final[i : i + size], give_up_on_failure=True):
-                    break
+                self._decoded.put((final[i : i + size], self._decode(final[i : i + size]), True))
+        finally:
+            self._decoded.put(None)
+
+    def _decode(self, batch: list[Inbound]) -> list[Decoded]:
+        t = now_ms()
+        return [self._decoder.decode(m.topic, m.payload, t) for m in batch]
+
+    def _write_loop(self) -> None:
+        """Stage 2: commit, then acknowledge, batch after batch in arrival order."""
+        giving_up = False
+        try:
+            while (item := self._decoded.get()) is not None:
+                batch, decoded, final = item
+                if not giving_up and not self._commit(batch, decoded, give_up_on_failure=final):
+                    giving_up = True  # stopping with the database down: the rest stays queued at the broker
         finally:
             self._done.set()
 
-    def _commit(self, batch: list[Inbound], give_up_on_failure: bool) -> bool:
+    def _commit(self, batch: list[Inbound], decoded: list[Decoded], give_up_on_failure: bool) -> bool:
         delay = 0.25
         while True:
             try:
-                t = now_ms()
-                decoded = [self._decoder.decode(m.topic, m.payload, t) for m in batch]
                 assert self._writer is not None  # set by start() before the writer thread runs
                 dead = self._writer.write(decoded)
                 break
