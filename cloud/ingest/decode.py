@@ -1,12 +1,13 @@
 """Turn one MQTT message into rows, or into a dead letter with a readable reason.
 
-Pure apart from the device lookup. Rows for COPY are built here as text lines (ts as epoch ms, the
-database converts), the cheapest form for the hot path.
+Pure apart from the device lookup. Rows for COPY are built here as text lines, the cheapest form for
+the hot path; timestamps are written as timestamptz text, formatted once per second (copy_timestamp).
 """
 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -41,8 +42,9 @@ class Decoded:
     topic: str
     payload: bytes
     device_id: str | None = None
-    telemetry: list[str] = field(default_factory=list)  # COPY lines: ts_ms, device, metric, value
-    counts: list[str] = field(default_factory=list)  # COPY lines: ts_ms, device, line, cls, dir, interval, n, boot
+    telemetry: list[str] = field(default_factory=list)  # COPY lines: ts, device, metric, value
+    counts: list[str] = field(default_factory=list)  # COPY lines: ts, device, line, cls, dir, interval, n, boot
+    minutes: set[int] = field(default_factory=set)  # epoch minutes holding telemetry: rollups to refresh
     events: list[tuple[int, str, str, str, str]] = field(default_factory=list)
     status: StatusMessage | None = None
     config: tuple[int | None, str] | None = None  # reported config: version, json
@@ -53,6 +55,21 @@ class Decoded:
     @property
     def points(self) -> int:
         return len(self.telemetry) + len(self.counts) + len(self.events)
+
+
+_SECONDS: dict[int, str] = {}
+
+
+def copy_timestamp(ts_ms: int) -> str:
+    """Epoch milliseconds as timestamptz text ('2026-11-30 04:15:00.337+00'); the part up to the second
+    is formatted once per second and cached, so a sample costs one dict lookup."""
+    sec, ms = divmod(ts_ms, 1000)
+    head = _SECONDS.get(sec)
+    if head is None:
+        if len(_SECONDS) > 100_000:
+            _SECONDS.clear()
+        head = _SECONDS[sec] = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(sec))
+    return f"{head}.{ms:03d}+00"
 
 
 def _validation_reason(e: ValidationError) -> str:
@@ -84,6 +101,7 @@ class Decoder:
         except _RejectError as r:
             out.telemetry.clear()
             out.counts.clear()
+            out.minutes.clear()
             out.events.clear()
             out.status = None
             out.config = None
@@ -143,10 +161,12 @@ class Decoder:
             if not lo <= ts <= hi:
                 rejected.append(self._check_ts(ts, now_ms) or f"ts {ts} out of range")
                 continue
+            head = f"{copy_timestamp(ts)}\t{dev}\t"
+            out.minutes.add(ts // 60_000)
             for name, value in s.values.items():
                 spec = specs.get(name)
                 if spec is not None and spec.min <= value <= spec.max:
-                    lines.append(f"{ts}\t{dev}\t{name}\t{value!r}\n")
+                    lines.append(f"{head}{name}\t{value!r}\n")
                 elif spec is None:
                     rejected.append(f"unknown metric {name!r} for profile {known.profile.profile}")
                 else:
@@ -173,7 +193,7 @@ class Decoder:
             if why:
                 rejected.append(why)
                 continue
-            out.counts.append(f"{c.ts}\t{msg.device_id}\t{c.line}\t{c.cls}\t{c.direction}\t{c.interval_s}\t{c.count}"
+            out.counts.append(f"{copy_timestamp(c.ts)}\t{msg.device_id}\t{c.line}\t{c.cls}\t{c.direction}\t{c.interval_s}\t{c.count}"
                               f"\t{boot}\n")
         self._finish(out, msg, rejected, max(c.ts for c in msg.counts))
 

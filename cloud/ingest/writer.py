@@ -1,7 +1,10 @@
-"""Write a batch of decoded messages in one transaction: COPY into staging, then insert-or-ignore.
+"""Write a batch of decoded messages in one transaction: COPY straight into the tables.
 
 Duplicates (same device, metric, time) are ignored by the primary keys, so redelivered messages are
-harmless. Errors are sorted by SQLSTATE class, as Telegraf does: a data error (class 22 or 23) fails
+harmless: a batch that holds one (after an ingest crash between commit and ack) fails on the key and
+is written again through staging tables with insert-or-ignore. Only such batches pay for it.
+
+Errors are sorted by SQLSTATE class, as Telegraf does: a data error (class 22 or 23) fails
 only the message that caused it, which goes to dead letters; anything else (connection lost, server
 shutting down, a schema out of date) is raised so the caller retries the batch without acknowledging.
 """
@@ -22,23 +25,15 @@ log = logging.getLogger(__name__)
 _DATA_ERROR_CLASSES = ("22", "23")
 
 _STAGING = """
-CREATE TEMP TABLE IF NOT EXISTS stage_telemetry (ts_ms bigint, device_id text, metric text, value float8)
-    ON COMMIT DELETE ROWS;
-CREATE TEMP TABLE IF NOT EXISTS stage_counts (
-    ts_ms bigint, device_id text, line text, cls text, direction text, interval_s int, count int, boot_id text)
-    ON COMMIT DELETE ROWS;
+CREATE TEMP TABLE IF NOT EXISTS stage_telemetry (LIKE telemetry) ON COMMIT DELETE ROWS;
+CREATE TEMP TABLE IF NOT EXISTS stage_traffic_counts (LIKE traffic_counts) ON COMMIT DELETE ROWS;
 """
-_TS = "timestamptz 'epoch' + ts_ms * interval '1 millisecond'"
-_INSERT_TELEMETRY = f"""
-INSERT INTO telemetry (ts, device_id, metric, value)
-SELECT {_TS}, device_id, metric, value FROM stage_telemetry"""
-_MARK_DIRTY = f"""
+_TELEMETRY_COLUMNS = "(ts, device_id, metric, value)"
+_COUNTS_COLUMNS = "(ts, device_id, line, cls, direction, interval_s, count, boot_id)"
+_MARK_DIRTY = """
 INSERT INTO rollup_dirty (instance, bucket)
-SELECT DISTINCT %s::text, date_bin('1 minute', {_TS}, timestamptz '2000-01-01 00:00:00+00') FROM stage_telemetry
+SELECT %s::text, to_timestamp(m * 60) FROM unnest(%s::bigint[]) AS m
 ON CONFLICT (instance, bucket) DO UPDATE SET bucket = EXCLUDED.bucket"""  # lock the row: upkeep waits for our commit
-_INSERT_COUNTS = f"""
-INSERT INTO traffic_counts (ts, device_id, line, cls, direction, interval_s, count, boot_id)
-SELECT {_TS}, device_id, line, cls, direction, interval_s, count, boot_id FROM stage_counts"""
 _INSERT_EVENTS = """
 INSERT INTO events (ts, device_id, kind, severity, details)
 VALUES (timestamptz 'epoch' + %s * interval '1 millisecond', %s, %s, %s, %s::jsonb)
@@ -72,14 +67,17 @@ ON CONFLICT (device_id) DO UPDATE SET version = EXCLUDED.version, config = EXCLU
 DEAD_PAYLOAD_KEEP = 64 * 1024  # store at most this much of a rejected payload
 
 
-def _insert_or_ignore(conn: psycopg.Connection, cur: psycopg.Cursor, insert: str) -> None:
-    """Plain INSERT first (1.6x faster than ON CONFLICT, measured); only a batch that really holds a
-    duplicate (a redelivery) pays for the conflict check, from the same staging rows."""
-    try:
-        with conn.transaction():  # savepoint
-            cur.execute(insert)
-    except psycopg.errors.UniqueViolation:
-        cur.execute(insert + "\nON CONFLICT DO NOTHING")
+def _copy(cur: psycopg.Cursor, table: str, columns: str, data: str, dedupe: bool) -> None:
+    """COPY straight into the table or, when the batch is known to hold rows already stored, through its
+    staging table and INSERT ... ON CONFLICT DO NOTHING (measured: the direct COPY costs the database
+    no more than the staging path, and saves the client three round trips a batch)."""
+    if not dedupe:
+        with cur.copy(f"COPY {table} {columns} FROM STDIN") as copy:
+            copy.write(data)
+        return
+    with cur.copy(f"COPY stage_{table} {columns} FROM STDIN") as copy:
+        copy.write(data)
+    cur.execute(f"INSERT INTO {table} {columns} SELECT {columns[1:-1]} FROM stage_{table} ON CONFLICT DO NOTHING")
 
 
 def is_data_error(e: psycopg.Error) -> bool:
@@ -118,8 +116,12 @@ class BatchWriter:
         database is unreachable (caller retries) — never loses a message silently."""
         conn = self._connection()
         try:
-            with conn.transaction():
-                return self._write(conn, batch)
+            try:
+                with conn.transaction():
+                    return self._write(conn, batch, dedupe=False)
+            except psycopg.errors.UniqueViolation:  # a redelivery: again, skipping the rows already stored
+                with conn.transaction():
+                    return self._write(conn, batch, dedupe=True)
         except psycopg.Error as e:
             if not is_data_error(e):
                 raise
@@ -132,8 +134,8 @@ class BatchWriter:
             for d in batch:
                 try:
                     with conn.transaction():  # savepoint
-                        conn.execute("DELETE FROM stage_telemetry; DELETE FROM stage_counts")
-                        dead += self._write(conn, [d])
+                        conn.execute("DELETE FROM stage_telemetry; DELETE FROM stage_traffic_counts")
+                        dead += self._write(conn, [d], dedupe=True)
                 except psycopg.Error as e:
                     if not is_data_error(e):
                         raise
@@ -141,20 +143,17 @@ class BatchWriter:
                     dead += 1
         return dead
 
-    def _write(self, conn: psycopg.Connection, batch: Sequence[Decoded]) -> int:
+    def _write(self, conn: psycopg.Connection, batch: Sequence[Decoded], dedupe: bool) -> int:
         cur = conn.cursor()
         telemetry = "".join(line for d in batch for line in d.telemetry)
         if telemetry:
-            with cur.copy("COPY stage_telemetry FROM STDIN") as copy:
-                copy.write(telemetry)
-            _insert_or_ignore(conn, cur, _INSERT_TELEMETRY)
+            _copy(cur, "telemetry", _TELEMETRY_COLUMNS, telemetry, dedupe)
             if self._mark_rollups:
-                cur.execute(_MARK_DIRTY, (self._instance,))
+                minutes = sorted(set().union(*(d.minutes for d in batch)))  # sorted: rows locked in one order
+                cur.execute(_MARK_DIRTY, (self._instance, minutes))
         counts = "".join(line for d in batch for line in d.counts)
         if counts:
-            with cur.copy("COPY stage_counts FROM STDIN") as copy:
-                copy.write(counts)
-            _insert_or_ignore(conn, cur, _INSERT_COUNTS)
+            _copy(cur, "traffic_counts", _COUNTS_COLUMNS, counts, dedupe)
         events = [e for d in batch for e in d.events]
         if events:
             cur.executemany(_INSERT_EVENTS, events)

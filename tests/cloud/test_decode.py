@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 
 import pytest
 
-from cloud.ingest.decode import Decoder
+from cloud.ingest.decode import Decoder, copy_timestamp
 from cloud.ingest.registry import KnownDevice
 from contract.messages import now_ms
 from contract.profiles import get_profile
@@ -24,10 +25,20 @@ def _msg(**over: object) -> bytes:
     return json.dumps(body).encode()
 
 
+def _ts(ms: int) -> str:
+    """timestamptz text as PostgreSQL's COPY reads it, worked out independently of the decoder."""
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + "+00"
+
+
+def test_copy_timestamps_keep_the_millisecond_across_second_boundaries() -> None:
+    for ms in (0, 999, 1000, 1_764_475_199_999, 1_764_475_200_000, NOW):
+        assert copy_timestamp(ms) == _ts(ms)
+
+
 def test_a_valid_message_becomes_copy_rows() -> None:
     d = decoder.decode("tlm/v1/north/gw-1/env", _msg(), NOW)
     assert d.dead is None
-    assert d.telemetry == [f"{NOW - 1000}\tgw-1\tpm25\t12.5\n", f"{NOW - 1000}\tgw-1\tnoise\t61.0\n"]
+    assert d.telemetry == [f"{_ts(NOW - 1000)}\tgw-1\tpm25\t12.5\n", f"{_ts(NOW - 1000)}\tgw-1\tnoise\t61.0\n"]
     assert d.sent_at == NOW
     assert d.newest_ts == NOW - 1000
 
@@ -64,7 +75,7 @@ def test_bad_points_are_rejected_and_good_points_of_the_same_message_kept() -> N
     samples = [{"ts": NOW - 2000, "values": {"pm25": 12.0, "co2": 99999.0, "bogus": 1.0}},
                {"ts": NOW + 3_600_000, "values": {"pm25": 13.0}}]
     d = decoder.decode("tlm/v1/north/gw-1/env", _msg(samples=samples), NOW)
-    assert d.telemetry == [f"{NOW - 2000}\tgw-1\tpm25\t12.0\n"]
+    assert d.telemetry == [f"{_ts(NOW - 2000)}\tgw-1\tpm25\t12.0\n"]
     assert d.dead is not None
     assert d.dead.reason.startswith("rejected 3 of 4 points")
     assert "co2=99999.0 outside [250, 10000] ppm" in d.dead.reason
@@ -78,7 +89,7 @@ def test_counts_are_checked_against_the_profile_classes_and_directions() -> None
         {"ts": NOW - 60_000, "interval_s": 60, "line": "north", "class": "tank", "direction": "in", "count": 1},
         {"ts": NOW - 60_000, "interval_s": 60, "line": "north", "class": "bus", "direction": "up", "count": 1}]}
     d = decoder.decode("tlm/v1/north/cam-1/counts", json.dumps(body).encode(), NOW)
-    assert d.counts == [f"{NOW - 60_000}\tcam-1\tnorth\tcar\tin\t60\t7\tb\n"]
+    assert d.counts == [f"{_ts(NOW - 60_000)}\tcam-1\tnorth\tcar\tin\t60\t7\tb\n"]
     assert d.dead is not None
     assert "unknown class 'tank'" in d.dead.reason
     assert "unknown direction 'up'" in d.dead.reason

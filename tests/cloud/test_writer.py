@@ -6,7 +6,7 @@ import uuid
 
 import psycopg
 
-from cloud.ingest.decode import Decoded
+from cloud.ingest.decode import Decoded, copy_timestamp
 from cloud.ingest.writer import BatchWriter, is_data_error
 from contract.messages import StatusMessage, now_ms
 from ioc.stack import Stack
@@ -14,7 +14,8 @@ from ioc.stack import Stack
 
 def _tlm(dev: str, ts: int, value: float) -> Decoded:
     return Decoded(topic=f"tlm/v1/s/{dev}/env", payload=b"{}", device_id=dev,
-                   telemetry=[f"{ts}\t{dev}\tpm25\t{value!r}\n", f"{ts}\t{dev}\tpm10\t{value * 2!r}\n"])
+                   telemetry=[f"{copy_timestamp(ts)}\t{dev}\tpm25\t{value!r}\n",
+                              f"{copy_timestamp(ts)}\t{dev}\tpm10\t{value * 2!r}\n"], minutes={ts // 60_000})
 
 
 def test_a_message_the_database_rejects_is_dead_lettered_and_the_rest_of_the_batch_is_kept(
@@ -59,7 +60,7 @@ def test_counts_of_a_box_restarted_mid_interval_add_up_and_redelivery_does_not(
 
     def counts(boot: str, n: int) -> Decoded:
         return Decoded(topic=f"tlm/v1/s/{cam}/counts", payload=b"{}", device_id=cam,
-                       counts=[f"{t}\t{cam}\tnorth\tcar\tin\t60\t{n}\t{boot}\n"])
+                       counts=[f"{copy_timestamp(t)}\t{cam}\tnorth\tcar\tin\t60\t{n}\t{boot}\n"])
 
     writer = BatchWriter(stack.dsn, "test-writer", mark_rollups=False)
     try:
