@@ -1,21 +1,26 @@
 """Ingest: MQTT consumer → batcher → writer, acknowledging only after the commit.
 
 Threads: paho's network thread appends to `pending`; the decoder thread takes batches (by size or
-age) and decodes them; the writer thread commits each batch, then acks it, so decoding the next batch
-overlaps the database's work on this one; a stats thread reports; a maintenance thread keeps
-partitions and rollups current (plain-PostgreSQL path). Any number of these processes can share one
-broker group.
+age) and decodes them; writer threads (one database connection each) commit batches in parallel, and
+each acks its batch once every earlier batch is acked, so PUBACKs leave in arrival order; a stats
+thread reports; a maintenance thread keeps partitions and rollups current (plain-PostgreSQL path).
+Decoding overlaps the database's work, and the database works on two batches at once: one
+connection's COPY is the bound otherwise (see docs/operations.md). Any number of these processes can
+share one broker group.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import itertools
 import logging
 import queue
 import random
 import socket
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 
 import psycopg
@@ -55,9 +60,11 @@ class IngestService:
         self._cond = threading.Condition()
         self._stopping = threading.Event()
         self._done = threading.Event()
-        # Decoded batches waiting for the writer: one in hand, one ready. Bounded, so a slow database
-        # holds messages back at the broker (unacknowledged) rather than in our memory.
-        self._decoded: queue.Queue[tuple[list[Inbound], list[Decoded], bool] | None] = queue.Queue(maxsize=1)
+        # Decoded batches waiting for a writer: (sequence number, messages, rows, final flush?). Bounded,
+        # so a slow database holds messages back at the broker (unacknowledged), not in our memory.
+        self._decoded: queue.Queue[tuple[int, list[Inbound], list[Decoded], bool] | None] = queue.Queue(maxsize=1)
+        self._ack_turn = _InOrder()
+        self._writers_left = settings.writers
         self._devices = DeviceCache(settings.dsn)
         self._decoder = Decoder(
             self._devices.get, settings.max_payload_bytes,
@@ -65,7 +72,7 @@ class IngestService:
         )
         self._consumer = MqttConsumer(settings, self._receive)
         self._threads: list[threading.Thread] = []
-        self._writer: BatchWriter | None = None
+        self._writers: list[BatchWriter] = []
         self._started_at = datetime.now(UTC)
         self.last_snapshot: Snapshot | None = None
 
@@ -75,11 +82,14 @@ class IngestService:
             backend = current_backend(conn)
         if backend is None:
             raise RuntimeError("database has no IOC schema: run `ioc db migrate` first")
-        self._writer = BatchWriter(self.settings.dsn, self.settings.instance, mark_rollups=backend == "postgres")
+        self._writers = [BatchWriter(self.settings.dsn, self.settings.instance, mark_rollups=backend == "postgres")
+                         for _ in range(self.settings.writers)]
         self._devices.refresh()
-        for name, target in (("ingest-decoder", self._decode_loop), ("ingest-writer", self._write_loop),
-                             ("ingest-stats", self._stats_loop),
-                             ("ingest-maintenance", self._maintenance_loop)):
+        loops: list[tuple[str, Callable[[], None]]] = [("ingest-decoder", self._decode_loop),
+                                                       ("ingest-stats", self._stats_loop),
+                                                       ("ingest-maintenance", self._maintenance_loop)]
+        loops += [(f"ingest-writer-{i}", functools.partial(self._write_loop, w)) for i, w in enumerate(self._writers)]
+        for name, target in loops:
             t = threading.Thread(target=target, name=name, daemon=True)
             t.start()
             self._threads.append(t)
@@ -96,14 +106,15 @@ class IngestService:
         self._stopping.set()
         with self._cond:
             self._cond.notify_all()
-        if self._writer is None:  # start() never got far enough
+        if not self._writers:  # start() never got far enough
             return
         finished = self._done.wait(timeout)
         self._consumer.stop()
         for t in self._threads:
             t.join(timeout=2)
-        if finished:  # else the writer thread may still hold its connection; the process exit closes it
-            self._writer.close()
+        if finished:  # else a writer thread may still hold its connection; the process exit closes it
+            for w in self._writers:
+                w.close()
         self._devices.close()
         self._report(self.stats.snapshot(0))
         log.info("ingest %s stopped: %d messages, %d points, %d dead letters", self.settings.instance,
@@ -135,53 +146,66 @@ class IngestService:
 
     def _decode_loop(self) -> None:
         """Stage 1: batch and decode, so the next batch is ready while the database commits this one."""
+        seq = itertools.count()
         try:
             while not self._stopping.is_set():
                 batch = self._next_batch()
                 if batch:
-                    self._decoded.put((batch, self._decode(batch), False))
+                    self._decoded.put((next(seq), batch, self._decode(batch), False))
             # Final flush of what had arrived when asked to stop; later arrivals stay at the broker.
             with self._cond:
                 final, self._pending = self._pending, []
             size = self.settings.batch_max_messages
             for i in range(0, len(final), size):
-                self._decoded.put((final[i : i + size], self._decode(final[i : i + size]), True))
+                self._decoded.put((next(seq), final[i : i + size], self._decode(final[i : i + size]), True))
         finally:
-            self._decoded.put(None)
+            for _ in self._writers:
+                self._decoded.put(None)
 
     def _decode(self, batch: list[Inbound]) -> list[Decoded]:
         t = now_ms()
         return [self._decoder.decode(m.topic, m.payload, t) for m in batch]
 
-    def _write_loop(self) -> None:
-        """Stage 2: commit, then acknowledge, batch after batch in arrival order."""
+    def _write_loop(self, writer: BatchWriter) -> None:
+        """Stage 2, one thread per database connection: commit a batch, then acknowledge it in turn."""
         giving_up = False
         try:
             while (item := self._decoded.get()) is not None:
-                batch, decoded, final = item
-                if not giving_up and not self._commit(batch, decoded, give_up_on_failure=final):
-                    giving_up = True  # stopping with the database down: the rest stays queued at the broker
+                seq, batch, decoded, final = item
+                dead = None
+                try:
+                    if not giving_up:
+                        dead = self._commit(writer, batch, decoded, give_up_on_failure=final)
+                        giving_up = dead is None  # stopping, database down: the rest stays queued at the broker
+                finally:  # even after an unexpected error, pass the turn on so later batches are not stuck
+                    with self._ack_turn.turn(seq):
+                        if dead is not None:
+                            self._acknowledge(batch, decoded, dead)
         finally:
-            self._done.set()
+            with self._cond:
+                self._writers_left -= 1
+                if self._writers_left == 0:
+                    self._done.set()
 
-    def _commit(self, batch: list[Inbound], decoded: list[Decoded], give_up_on_failure: bool) -> bool:
+    def _commit(self, writer: BatchWriter, batch: list[Inbound], decoded: list[Decoded],
+                give_up_on_failure: bool) -> int | None:
+        """Number of dead letters once committed; None when given up (stopping, database down)."""
         delay = 0.25
         while True:
             try:
-                assert self._writer is not None  # set by start() before the writer thread runs
-                dead = self._writer.write(decoded)
-                break
+                return writer.write(decoded)
             except psycopg.Error as e:
                 self.stats.failed(f"{type(e).__name__}: {e}".strip())
-                if self._writer is not None:
-                    self._writer.close()
+                writer.close()
                 if give_up_on_failure or (self._stopping.is_set() and delay > 2):
                     log.warning("database unavailable while stopping; %d messages stay queued at the broker",
                                 len(batch))
-                    return False
+                    return None
                 log.warning("database write failed (%s); retrying in %.1fs, not acknowledging", e, delay)
                 time.sleep(delay * random.uniform(0.8, 1.2))
                 delay = min(delay * 2, self.settings.retry_max_delay_s)
+
+    def _acknowledge(self, batch: list[Inbound], decoded: list[Decoded], dead: int) -> None:
         committed = now_ms()
         self._consumer.ack(batch)
         points = sum(d.points for d in decoded)
@@ -190,7 +214,6 @@ class IngestService:
         self.stats.committed(len(batch), points, dead, lat, lags)
         if self._on_commit is not None:
             self._on_commit(decoded, committed)
-        return True
 
     # -- side loops --------------------------------------------------------------------------
     def in_flight(self) -> int:
@@ -230,6 +253,26 @@ class IngestService:
                 log.warning("maintenance failed: %s", e)
             if self._stopping.wait(self.settings.maintenance_interval_s):
                 return
+
+
+class _InOrder:
+    """Turns taken by sequence number: writers commit in parallel but acknowledge in batch order, as
+    MQTT asks (PUBACKs in the order the PUBLISHes arrived)."""
+
+    def __init__(self) -> None:
+        self._next = 0
+        self._cond = threading.Condition()
+
+    @contextlib.contextmanager
+    def turn(self, seq: int) -> Iterator[None]:
+        with self._cond:
+            self._cond.wait_for(lambda: self._next == seq)
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._next = seq + 1
+                self._cond.notify_all()
 
 
 def _fmt(v: float | None) -> str:

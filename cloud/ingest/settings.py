@@ -36,6 +36,8 @@ class IngestSettings(BaseSettings):
     )
     session_expiry_s: int = Field(default=7 * 24 * 3600, description="how long the broker queues for us while away")
     receive_maximum: int = Field(default=20000, ge=1, le=65535, description="unacknowledged messages in flight")
+    writers: int = Field(default=2, ge=1, le=16,
+                         description="database connections committing batches in parallel; acks stay in order")
     batch_max_messages: int = Field(default=4000, ge=1, description="flush a batch at this many messages")
     batch_max_delay_s: float = Field(default=0.2, gt=0, description="...or when the oldest waited this long")
     max_payload_bytes: int = Field(default=256 * 1024, description="larger payloads go to dead letters")
