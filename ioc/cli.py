@@ -185,8 +185,11 @@ def ingest(dsn: Dsn = None, mqtt_host: MqttHost = None, mqtt_port: MqttPort = No
     if not svc.wait_connected(10):
         console.print(f"[yellow]warning:[/yellow] not subscribed at mqtt://{ep.mqtt_host}:{ep.mqtt_port} yet; "
                       "ingest keeps retrying (see the log)")
-    stop.wait()
+    while not stop.wait(1.0) and not svc.crashed.is_set():
+        pass
     svc.stop()
+    if svc.crashed.is_set():
+        raise typer.Exit(70)  # EX_SOFTWARE: let the supervisor (systemd, compose `restart:`) start a fresh one
 
 
 # -- simulator --------------------------------------------------------------------------------

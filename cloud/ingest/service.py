@@ -60,6 +60,7 @@ class IngestService:
         self._cond = threading.Condition()
         self._stopping = threading.Event()
         self._done = threading.Event()
+        self.crashed = threading.Event()  # a pipeline thread died of a bug: the process should exit and restart
         # Decoded batches waiting for a writer: (sequence number, messages, rows, final flush?). Bounded,
         # so a slow database holds messages back at the broker (unacknowledged), not in our memory.
         self._decoded: queue.Queue[tuple[int, list[Inbound], list[Decoded], bool] | None] = queue.Queue(maxsize=1)
@@ -150,21 +151,45 @@ class IngestService:
         try:
             while not self._stopping.is_set():
                 batch = self._next_batch()
-                if batch:
-                    self._decoded.put((next(seq), batch, self._decode(batch), False))
+                if batch and (decoded := self._decode(batch)) is not None:
+                    self._decoded.put((next(seq), batch, decoded, False))
             # Final flush of what had arrived when asked to stop; later arrivals stay at the broker.
             with self._cond:
                 final, self._pending = self._pending, []
             size = self.settings.batch_max_messages
             for i in range(0, len(final), size):
-                self._decoded.put((next(seq), final[i : i + size], self._decode(final[i : i + size]), True))
+                if (decoded := self._decode(final[i : i + size])) is None:
+                    break
+                self._decoded.put((next(seq), final[i : i + size], decoded, True))
+        except Exception:
+            self._crash("decoder")
+            raise
         finally:
             for _ in self._writers:
                 self._decoded.put(None)
 
-    def _decode(self, batch: list[Inbound]) -> list[Decoded]:
-        t = now_ms()
-        return [self._decoder.decode(m.topic, m.payload, t) for m in batch]
+    def _decode(self, batch: list[Inbound]) -> list[Decoded] | None:
+        """Decoding looks devices up in the database; while it is away, wait and retry as a commit does.
+        None: stopping with the database away (the batch stays unacknowledged at the broker)."""
+        for delay in _backoff(self.settings.retry_max_delay_s):
+            try:
+                t = now_ms()
+                return [self._decoder.decode(m.topic, m.payload, t) for m in batch]
+            except psycopg.Error as e:
+                self.stats.failed(f"{type(e).__name__}: {e}".strip())
+                self._devices.close()
+                if self._stopping.is_set():
+                    log.warning("database unavailable while stopping; %d messages stay queued at the broker",
+                                len(batch))
+                    return None
+                log.warning("device lookup failed (%s); retrying in %.1fs", e, delay)
+                time.sleep(delay)
+        raise AssertionError("unreachable: _backoff never ends")
+
+    def _crash(self, stage: str) -> None:
+        log.critical("ingest %s thread died of an unexpected error; nothing more is acknowledged, restart the "
+                     "process (unacknowledged messages wait at the broker)", stage, exc_info=True)
+        self.crashed.set()
 
     def _write_loop(self, writer: BatchWriter) -> None:
         """Stage 2, one thread per database connection: commit a batch, then acknowledge it in turn."""
@@ -181,6 +206,9 @@ class IngestService:
                     with self._ack_turn.turn(seq):
                         if dead is not None:
                             self._acknowledge(batch, decoded, dead)
+        except Exception:
+            self._crash("writer")
+            raise
         finally:
             with self._cond:
                 self._writers_left -= 1
@@ -190,20 +218,19 @@ class IngestService:
     def _commit(self, writer: BatchWriter, batch: list[Inbound], decoded: list[Decoded],
                 give_up_on_failure: bool) -> int | None:
         """Number of dead letters once committed; None when given up (stopping, database down)."""
-        delay = 0.25
-        while True:
+        for attempt, delay in enumerate(_backoff(self.settings.retry_max_delay_s)):
             try:
                 return writer.write(decoded)
             except psycopg.Error as e:
                 self.stats.failed(f"{type(e).__name__}: {e}".strip())
                 writer.close()
-                if give_up_on_failure or (self._stopping.is_set() and delay > 2):
+                if give_up_on_failure or (self._stopping.is_set() and attempt >= 3):
                     log.warning("database unavailable while stopping; %d messages stay queued at the broker",
                                 len(batch))
                     return None
                 log.warning("database write failed (%s); retrying in %.1fs, not acknowledging", e, delay)
-                time.sleep(delay * random.uniform(0.8, 1.2))
-                delay = min(delay * 2, self.settings.retry_max_delay_s)
+                time.sleep(delay)
+        raise AssertionError("unreachable: _backoff never ends")
 
     def _acknowledge(self, batch: list[Inbound], decoded: list[Decoded], dead: int) -> None:
         committed = now_ms()
@@ -253,6 +280,14 @@ class IngestService:
                 log.warning("maintenance failed: %s", e)
             if self._stopping.wait(self.settings.maintenance_interval_s):
                 return
+
+
+def _backoff(max_delay_s: float) -> Iterator[float]:
+    """Jittered exponential delays from 0.25 s up to max_delay_s, for ever."""
+    delay = 0.25
+    while True:
+        yield delay * random.uniform(0.8, 1.2)
+        delay = min(delay * 2, max_delay_s)
 
 
 class _InOrder:

@@ -12,6 +12,7 @@ shutting down, a schema out of date) is raised so the caller retries the batch w
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
@@ -21,6 +22,7 @@ from cloud.ingest.decode import Decoded
 
 log = logging.getLogger(__name__)
 
+_DEVICE_ROWS_LOCK_ID = 0x10C_0003  # transaction-scoped: one writer at a time updates device_status and config
 # 22 data exception, 23 integrity constraint violation: the message is at fault, not the database.
 _DATA_ERROR_CLASSES = ("22", "23")
 
@@ -131,6 +133,8 @@ class BatchWriter:
     def _write_one_by_one(self, conn: psycopg.Connection, batch: Sequence[Decoded]) -> int:
         dead = 0
         with conn.transaction():
+            if self._mark_rollups:  # all of them first, in order, as _write does: no lock-order deadlock
+                conn.execute(_MARK_DIRTY, (self._instance, sorted(set().union(*(d.minutes for d in batch)))))
             for d in batch:
                 try:
                     with conn.transaction():  # savepoint
@@ -157,7 +161,20 @@ class BatchWriter:
         events = [e for d in batch for e in d.events]
         if events:
             cur.executemany(_INSERT_EVENTS, events)
-        for d in batch:
+        dead = [(d.dead.topic, d.dead.device_id, d.dead.reason, d.dead.payload) for d in batch if d.dead]
+        self._dead_letters(conn, dead)
+        self._device_rows(cur, batch)
+        return len(dead)
+
+    def _device_rows(self, cur: psycopg.Cursor, batch: Sequence[Decoded]) -> None:
+        """Status, reported config and last seen: rows several writers update. One transaction at a time
+        may hold them (an advisory lock, until commit), so two writers never deadlock over them."""
+        changes = [d for d in batch if d.status is not None or d.config is not None]
+        due = self._seen_due(batch)
+        if not changes and not due:
+            return
+        cur.execute("SELECT pg_advisory_xact_lock(%s)", (_DEVICE_ROWS_LOCK_ID,))
+        for d in changes:  # in arrival order: the status_ts check keeps the newest state either way
             if d.status is not None:
                 s = d.status
                 online = s.status == "online"
@@ -165,10 +182,11 @@ class BatchWriter:
                                              s.reason, online))
             if d.config is not None:
                 cur.execute(_UPSERT_CONFIG, (d.device_id, d.config[0], d.config[1]))
-        dead = [(d.dead.topic, d.dead.device_id, d.dead.reason, d.dead.payload) for d in batch if d.dead]
-        self._dead_letters(conn, dead)
-        self._last_seen(cur, batch)
-        return len(dead)
+        if due:
+            now = datetime.now(UTC)
+            cur.execute(_UPSERT_SEEN, (due, [now] * len(due)))
+            for dev in due:
+                self._seen_written[dev] = now.timestamp()
 
     def _dead_letters(self, conn: psycopg.Connection, rows: list[tuple[str, str | None, str, bytes]]) -> None:
         if rows:
@@ -176,13 +194,8 @@ class BatchWriter:
                 _INSERT_DEAD, [(t, dev, why, p[:DEAD_PAYLOAD_KEEP], len(p)) for t, dev, why, p in rows]
             )
 
-    def _last_seen(self, cur: psycopg.Cursor, batch: Sequence[Decoded], every_s: float = 5.0) -> None:
-        """last_seen per device, written at most every few seconds per device to spare the hot path."""
-        now = datetime.now(UTC)
-        stamp = now.timestamp()
-        due = sorted({d.device_id for d in batch if d.points and d.device_id
-                      and stamp - self._seen_written.get(d.device_id, 0.0) >= every_s})
-        if due:
-            cur.execute(_UPSERT_SEEN, (due, [now] * len(due)))
-            for dev in due:
-                self._seen_written[dev] = stamp
+    def _seen_due(self, batch: Sequence[Decoded], every_s: float = 5.0) -> list[str]:
+        """Devices whose last_seen is due: written at most every few seconds per device, to spare the hot path."""
+        stamp = time.time()
+        return sorted({d.device_id for d in batch if d.points and d.device_id
+                       and stamp - self._seen_written.get(d.device_id, 0.0) >= every_s})

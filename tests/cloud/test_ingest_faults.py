@@ -124,3 +124,32 @@ def test_stopping_postgres_mid_stream_loses_nothing(stack: Stack, db: psycopg.Co
                    what=f"{len(expected)} points after the database came back")
         assert stored_points(conn, _ids(fleet)) == expected
     assert ingest.stats.db_ok
+
+
+def test_a_device_first_heard_while_the_database_is_down_is_stored_once_it_is_back(
+        stack: Stack, ingest: IngestService) -> None:
+    """Its first message makes ingest look the device up, in a database that is not there: ingest must
+    wait and retry, not give up on the batch (or on everything after it)."""
+    fleet = Fleet(FleetSpec(prefix=f"late{uuid.uuid4().hex[:6]}", gateways=3, cameras=0, interval_s=10,
+                            samples_per_message=2, seed=5))
+    with psycopg.connect(stack.dsn) as conn:
+        register_devices(conn, fleet.registrations())  # registered now: not in ingest's device cache yet
+    start = now_ms() - 600_000
+    stack.stop_postgres()
+    try:
+        with FleetPublisher(fleet, stack.mqtt_host, stack.mqtt_port) as pub:
+            runner = SimRunner(fleet, pub)
+            for r in range(5):
+                for i in range(len(fleet.devices)):
+                    runner.emit(i, start + r * 10_000)
+            assert pub.drain(30), "broker did not acknowledge everything"
+            expected = pub.sent.points()
+        wait_until(lambda: not ingest.stats.db_ok, what="ingest meeting the outage")
+        time.sleep(1.0)  # a retry or two against the missing database
+    finally:
+        stack.start_postgres()
+    with psycopg.connect(stack.dsn, autocommit=True) as conn:
+        wait_until(lambda: total_rows(conn, _ids(fleet)) >= len(expected), timeout=60,
+                   what=f"{len(expected)} points after the database came back")
+        assert stored_points(conn, _ids(fleet)) == expected
+    assert not ingest.crashed.is_set()

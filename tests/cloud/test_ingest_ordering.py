@@ -1,5 +1,6 @@
 """Parallel writers commit batches in whatever order the database finishes them, but acknowledgements
-leave in arrival order, and a writer that fails unexpectedly does not hold the others up."""
+leave in arrival order, and a writer that fails unexpectedly does not hold the others up: it marks the
+service crashed so the process is restarted."""
 
 from __future__ import annotations
 
@@ -32,7 +33,9 @@ class SlowFirstWriter:
         pass
 
 
-def _run(batches: list[str], writers: list[SlowFirstWriter]) -> list[str]:
+def _run(batches: list[str], writers: list[SlowFirstWriter]) -> tuple[list[str], bool]:
+    """The batches through the writer threads: what was acknowledged, in order, and whether the service
+    declared itself crashed."""
     svc = IngestService(IngestSettings(dsn="postgresql://unused", writers=len(writers)))
     acked: list[str] = []
     svc._consumer.ack = lambda items: acked.append(items[0].topic) or len(items)  # type: ignore[method-assign]
@@ -46,15 +49,16 @@ def _run(batches: list[str], writers: list[SlowFirstWriter]) -> list[str]:
     for t in threads:
         t.join(10)
     assert not any(t.is_alive() for t in threads), "a writer is stuck waiting for its turn"
-    return acked
+    return acked, svc.crashed.is_set()
 
 
 def test_acks_leave_in_arrival_order_when_a_later_batch_commits_first() -> None:
     assert _run(["slow", "fast-1", "fast-2", "fast-3"], [SlowFirstWriter(), SlowFirstWriter()]) == \
-        ["slow", "fast-1", "fast-2", "fast-3"]
+        (["slow", "fast-1", "fast-2", "fast-3"], False)
 
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the bug, on purpose
-def test_a_writer_that_fails_unexpectedly_passes_its_turn_on() -> None:
-    acked = _run(["slow", "bug", "after"], [SlowFirstWriter(broken="bug"), SlowFirstWriter(broken="bug")])
+def test_a_writer_that_fails_unexpectedly_passes_its_turn_on_and_the_service_says_it_crashed() -> None:
+    acked, crashed = _run(["slow", "bug", "after"], [SlowFirstWriter(broken="bug"), SlowFirstWriter(broken="bug")])
     assert acked == ["slow", "after"]  # the failed batch stays unacknowledged: the broker sends it again
+    assert crashed  # `ioc ingest` exits non-zero on this, so a supervisor starts a fresh process
