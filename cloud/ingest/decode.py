@@ -47,7 +47,7 @@ class Decoded:
     minutes: set[int] = field(default_factory=set)  # epoch minutes holding telemetry: rollups to refresh
     events: list[tuple[int, str, str, str, str]] = field(default_factory=list)
     status: StatusMessage | None = None
-    config: tuple[int | None, str] | None = None  # reported config: version, json
+    config: tuple[int | None, str, int | None] | None = None  # reported config: version, json, device ts (ms)
     dead: DeadLetter | None = None
     sent_at: int | None = None
     newest_ts: int | None = None
@@ -139,7 +139,10 @@ class Decoder:
             version = raw.get("version")
             if version is not None and (type(version) is not int or not 0 <= version < 2**31):
                 raise _RejectError(f"reported config version {version!r} is not a whole number")
-            out.config = (version, json.dumps(raw.get("config", raw)))
+            ts = raw.get("ts")
+            if ts is not None and (type(ts) is not int or not 0 <= ts <= now_ms + self._max_future_ms):
+                raise _RejectError(f"reported config ts {ts!r} is not epoch milliseconds up to now")
+            out.config = (version, json.dumps(raw.get("config", raw)), ts)
         else:
             raise _RejectError(f"topic {topic!r} is not one ingest stores")
 

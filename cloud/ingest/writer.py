@@ -61,10 +61,11 @@ INSERT INTO device_status AS s (device_id, last_seen)
 SELECT * FROM unnest(%s::text[], %s::timestamptz[])
 ON CONFLICT (device_id) DO UPDATE SET last_seen = GREATEST(s.last_seen, EXCLUDED.last_seen)"""
 _UPSERT_CONFIG = """
-INSERT INTO device_config_reported AS c (device_id, version, config, reported_at)
-VALUES (%s, %s, %s::jsonb, now())
+INSERT INTO device_config_reported AS c (device_id, version, config, reported_at, reported_ts)
+VALUES (%s, %s, %s::jsonb, now(), timestamptz 'epoch' + %s * interval '1 millisecond')
 ON CONFLICT (device_id) DO UPDATE SET version = EXCLUDED.version, config = EXCLUDED.config,
-    reported_at = EXCLUDED.reported_at"""
+    reported_at = EXCLUDED.reported_at, reported_ts = EXCLUDED.reported_ts
+WHERE c.reported_ts IS NULL OR EXCLUDED.reported_ts IS NULL OR EXCLUDED.reported_ts >= c.reported_ts"""
 
 DEAD_PAYLOAD_KEEP = 64 * 1024  # store at most this much of a rejected payload
 
@@ -181,7 +182,7 @@ class BatchWriter:
                 cur.execute(_UPSERT_STATUS, (s.device_id, online, s.boot_id, s.firmware, s.config_version, s.ts,
                                              s.reason, online))
             if d.config is not None:
-                cur.execute(_UPSERT_CONFIG, (d.device_id, d.config[0], d.config[1]))
+                cur.execute(_UPSERT_CONFIG, (d.device_id, *d.config))
         if due:
             now = datetime.now(UTC)
             cur.execute(_UPSERT_SEEN, (due, [now] * len(due)))

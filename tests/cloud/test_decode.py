@@ -107,4 +107,10 @@ def test_status_events_and_reported_config_are_decoded() -> None:
     assert ev.events == [(NOW, "gw-1", "pm25_high", "warning", '{"value": 80}')]
     cfg = decoder.decode("cfg/v1/gw-1/reported", json.dumps(
         {"v": 1, "device_id": "gw-1", "version": 4, "config": {"interval_s": 5}}).encode(), NOW)
-    assert cfg.config == (4, '{"interval_s": 5}')
+    assert cfg.config == (4, '{"interval_s": 5}', None)  # no ts: stored whatever came before
+    cfg = decoder.decode("cfg/v1/gw-1/reported", json.dumps(
+        {"v": 1, "device_id": "gw-1", "version": 4, "ts": NOW, "config": {"interval_s": 5}}).encode(), NOW)
+    assert cfg.config == (4, '{"interval_s": 5}', NOW)
+    future = decoder.decode("cfg/v1/gw-1/reported", json.dumps(
+        {"v": 1, "device_id": "gw-1", "version": 4, "ts": NOW + 86_400_000, "config": {}}).encode(), NOW)
+    assert future.dead is not None and "ts" in future.dead.reason  # would block every later report

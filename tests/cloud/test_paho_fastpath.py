@@ -4,11 +4,11 @@ whichever path decoded it, and batched acks really release messages from the ses
 from __future__ import annotations
 
 import threading
+import uuid
 from collections.abc import Iterator
 
 import paho.mqtt.client as mqtt
 import pytest
-from conftest import unique
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
@@ -18,6 +18,10 @@ from cloud.ingest.paho_fastpath import FastPathClient
 from ioc.stack import Stack
 
 Received = tuple[str, int, str, bytes]  # path, qos, topic, payload
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
 class Subscriber:

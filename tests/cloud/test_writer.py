@@ -71,3 +71,27 @@ def test_counts_of_a_box_restarted_mid_interval_add_up_and_redelivery_does_not(
         writer.close()
     total = db.execute("SELECT sum(count) FROM traffic_counts WHERE device_id = %s", (cam,)).fetchone()
     assert total == (8,)
+
+
+def test_an_older_config_report_committed_late_never_replaces_a_newer_one(
+    stack: Stack, db: psycopg.Connection, register_device: object
+) -> None:
+    """Two writers commit in parallel, so the report a device sent first can be committed last."""
+    dev = f"w-{uuid.uuid4().hex[:8]}"
+    register_device(dev)  # type: ignore[operator]
+    t = now_ms()
+
+    def report(version: int, ts: int) -> Decoded:
+        return Decoded(topic=f"cfg/v1/{dev}/reported", payload=b"{}", device_id=dev,
+                       config=(version, f'{{"interval_s": {version}}}', ts))
+
+    writer = BatchWriter(stack.dsn, "test-writer", mark_rollups=True)
+    try:
+        writer.write([report(6, t)])
+        writer.write([report(5, t - 5_000)])  # sent earlier, committed later
+        assert db.execute("SELECT version FROM device_config_reported WHERE device_id = %s", (dev,)).fetchone() == (6,)
+        writer.write([report(7, t + 1_000)])
+    finally:
+        writer.close()
+    assert db.execute("SELECT version, config FROM device_config_reported WHERE device_id = %s",
+                      (dev,)).fetchone() == (7, {"interval_s": 7})
