@@ -87,6 +87,8 @@ class FastPathClient(mqtt.Client):
         if pos >= len(packet) or packet[pos] != 0:  # properties present (or malformed): paho decodes them
             return super()._handle_publish()
         sink(mid, qos, topic, bytes(packet[pos + 1 :]))
+        if qos == 1 and not self._manual_ack:  # as paho does: acknowledged once the callback returned
+            return self._send_puback(mid)
         return MQTTErrorCode.MQTT_ERR_SUCCESS
 
     # -- acknowledge -------------------------------------------------------------------------
