@@ -1,8 +1,11 @@
-"""The lean paho receive path against the real broker: every message arrives once, intact, in order,
-whichever path decoded it, and batched acks really release messages from the session."""
+"""The lean paho receive path: against the real broker every message arrives once, intact, in order,
+whichever path decoded it, and batched acks really release messages from the session; against a
+scripted socket, no way of cutting the byte stream into reads loses, splits or reorders a message."""
 
 from __future__ import annotations
 
+import collections
+import random
 import threading
 import uuid
 from collections.abc import Iterator
@@ -111,3 +114,83 @@ def test_acks_sent_in_one_batch_release_the_messages_and_unacked_ones_come_back(
     wait_until(lambda: len(again.got) >= 40, 20, what="redelivery of the unacknowledged 40")
     again.close()
     assert [p for _, _, _, p in again.got] == [str(i).encode() for i in range(60, 100)]
+
+
+# -- the same reader against a scripted socket: every way a read can cut the stream ------------------
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        n, digit = n >> 7, n & 0x7F
+        out.append(digit | 0x80 if n else digit)
+        if not n:
+            return bytes(out)
+
+
+def _publish(qos: int, topic: str, payload: bytes, mid: int, props: bytes = b"") -> bytes:
+    t = topic.encode()
+    body = (len(t).to_bytes(2, "big") + t + (mid.to_bytes(2, "big") if qos else b"") + _varint(len(props)) + props
+            + payload)
+    return bytes([0x30 | (qos << 1)]) + _varint(len(body)) + body
+
+
+class ScriptedSocket:
+    """Hands out the stream in the given chunks, a few chunks per wake-up, like a real socket would."""
+
+    def __init__(self, chunks: list[bytes]) -> None:
+        self.chunks = collections.deque(chunks)
+        self.ready: collections.deque[bytes] = collections.deque()
+
+    def recv(self, n: int) -> bytes:
+        if not self.ready:
+            raise BlockingIOError
+        c = self.ready.popleft()
+        if len(c) > n:
+            self.ready.appendleft(c[n:])
+            c = c[:n]
+        return c
+
+    def arrive(self, k: int) -> None:
+        for _ in range(k):
+            if self.chunks:
+                self.ready.append(self.chunks.popleft())
+
+    def close(self) -> None:
+        pass
+
+
+def _replay(chunks: list[bytes], rng: random.Random) -> list[tuple[int, int, str, bytes]]:
+    """Feed the chunks to a connected client a few per wake-up; what it delivered, by either path."""
+    sock = ScriptedSocket(chunks)
+    c = FastPathClient(CallbackAPIVersion.VERSION2, client_id="x", protocol=mqtt.MQTTv5, manual_ack=True)
+    got: list[tuple[int, int, str, bytes]] = []
+    c.on_fast_publish = lambda mid, qos, topic, p: got.append((mid, qos, topic, p))
+    c.on_message = lambda _c, _u, m: got.append((m.mid if m.qos else 0, m.qos, m.topic, bytes(m.payload)))
+    c._state = mqtt._ConnectionState.MQTT_CS_CONNECTED
+    c._sock = sock  # type: ignore[assignment]
+    for _ in range(10_000):
+        if not (sock.chunks or sock.ready):
+            break
+        sock.arrive(rng.randint(1, 6))
+        assert c.loop_read() == 0
+        assert c._rpos >= len(c._rbuf), "bytes left in the buffer, where select() cannot see them"
+    return got
+
+
+def test_any_cut_of_the_byte_stream_delivers_every_message_once_intact_and_in_order() -> None:
+    rng = random.Random(1)
+    for trial in range(150):
+        sent: list[tuple[int, int, str, bytes]] = []
+        stream = b""
+        for i in range(rng.randint(1, 60)):
+            qos = rng.choice([0, 1, 1, 1])
+            topic = f"tlm/v1/s/d{rng.randint(0, 9)}/env" + "x" * rng.choice([0, 0, 200])
+            size = rng.choice([0, 5, 100, 3000]) if rng.random() < 0.95 else rng.choice([300_000, 700_000])
+            payload = rng.randbytes(size)
+            props = b"\x02\x00\x00\x00\x3c" if rng.random() < 0.2 else b""  # message expiry: paho's path
+            stream += _publish(qos, topic, payload, i + 1, props)
+            sent.append((i + 1 if qos else 0, qos, topic, payload))
+            if rng.random() < 0.1:
+                stream += b"\xd0\x00"  # PINGRESP between PUBLISHes
+        cuts = sorted(rng.sample(range(1, len(stream)), min(len(stream) - 1, rng.randint(1, 40))))
+        got = _replay([stream[a:b] for a, b in zip([0, *cuts], [*cuts, len(stream)], strict=True)], rng)
+        assert got == sent, f"trial {trial}"
