@@ -117,13 +117,12 @@ def test_acks_sent_in_one_batch_release_the_messages_and_unacked_ones_come_back(
 
 
 # -- the same reader against a scripted socket: every way a read can cut the stream ------------------
+_ENCODER = mqtt.Client(CallbackAPIVersion.VERSION2)
+
+
 def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        n, digit = n >> 7, n & 0x7F
-        out.append(digit | 0x80 if n else digit)
-        if not n:
-            return bytes(out)
+    """MQTT's variable-length integer, by paho's own encoder (independent of the reader under test)."""
+    return bytes(_ENCODER._pack_remaining_length(bytearray(), n))
 
 
 def _publish(qos: int, topic: str, payload: bytes, mid: int, props: bytes = b"") -> bytes:
