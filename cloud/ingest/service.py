@@ -57,6 +57,7 @@ class IngestService:
         self.stats = IngestStats()
         self._on_commit = on_commit
         self._pending: list[Inbound] = []
+        self._in_pipeline = 0  # messages taken from _pending, not yet acknowledged (or given up)
         self._cond = threading.Condition()
         self._stopping = threading.Event()
         self._done = threading.Event()
@@ -143,7 +144,12 @@ class IngestService:
                 self._cond.wait(wait)
             batch = self._pending[: s.batch_max_messages]
             del self._pending[: s.batch_max_messages]
+            self._in_pipeline += len(batch)
             return batch
+
+    def _leave_pipeline(self, batch: list[Inbound]) -> None:
+        with self._cond:
+            self._in_pipeline -= len(batch)
 
     def _decode_loop(self) -> None:
         """Stage 1: batch and decode, so the next batch is ready while the database commits this one."""
@@ -151,14 +157,20 @@ class IngestService:
         try:
             while not self._stopping.is_set():
                 batch = self._next_batch()
-                if batch and (decoded := self._decode(batch)) is not None:
+                if not batch:
+                    continue
+                if (decoded := self._decode(batch)) is None:
+                    self._leave_pipeline(batch)  # stopping: it stays unacknowledged at the broker
+                else:
                     self._decoded.put((next(seq), batch, decoded, False))
             # Final flush of what had arrived when asked to stop; later arrivals stay at the broker.
             with self._cond:
                 final, self._pending = self._pending, []
+                self._in_pipeline += len(final)
             size = self.settings.batch_max_messages
             for i in range(0, len(final), size):
                 if (decoded := self._decode(final[i : i + size])) is None:
+                    self._leave_pipeline(final[i:])
                     break
                 self._decoded.put((next(seq), final[i : i + size], decoded, True))
         except Exception:
@@ -206,6 +218,7 @@ class IngestService:
                     with self._ack_turn.turn(seq):
                         if dead is not None:
                             self._acknowledge(batch, decoded, dead)
+                    self._leave_pipeline(batch)
         except Exception:
             self._crash("writer")
             raise
@@ -244,8 +257,9 @@ class IngestService:
 
     # -- side loops --------------------------------------------------------------------------
     def in_flight(self) -> int:
+        """Messages received and not yet acknowledged: waiting for a batch, being decoded or written."""
         with self._cond:
-            return len(self._pending)
+            return len(self._pending) + self._in_pipeline
 
     def _report(self, snap: Snapshot) -> None:
         try:

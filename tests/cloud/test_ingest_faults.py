@@ -124,6 +124,7 @@ def test_stopping_postgres_mid_stream_loses_nothing(stack: Stack, db: psycopg.Co
                    what=f"{len(expected)} points after the database came back")
         assert stored_points(conn, _ids(fleet)) == expected
     assert ingest.stats.db_ok
+    wait_until(lambda: ingest.in_flight() == 0, what="the 'waiting' figure back to zero once all is acknowledged")
 
 
 def test_a_device_first_heard_while_the_database_is_down_is_stored_once_it_is_back(
