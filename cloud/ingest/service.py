@@ -22,6 +22,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
+from typing import TypeVar
 
 import psycopg
 
@@ -38,6 +39,7 @@ from contract.messages import now_ms
 log = logging.getLogger(__name__)
 
 CommitHook = Callable[[Sequence[Decoded], int], None]
+T = TypeVar("T")
 
 _REPORT = """
 INSERT INTO ingest_instances AS i (instance, host, started_at, updated_at, messages, points, dead_letters,
@@ -183,18 +185,28 @@ class IngestService:
     def _decode(self, batch: list[Inbound]) -> list[Decoded] | None:
         """Decoding looks devices up in the database; while it is away, wait and retry as a commit does.
         None: stopping with the database away (the batch stays unacknowledged at the broker)."""
-        for delay in _backoff(self.settings.retry_max_delay_s):
+        def decode() -> list[Decoded]:
+            t = now_ms()
+            return [self._decoder.decode(m.topic, m.payload, t) for m in batch]
+
+        return self._until_done(decode, self._devices.close, "device lookup", len(batch),
+                                give_up=lambda _attempt: self._stopping.is_set())
+
+    def _until_done(self, action: Callable[[], T], reset: Callable[[], None], what: str, messages: int,
+                    give_up: Callable[[int], bool]) -> T | None:
+        """Run `action` until the database lets it succeed, backing off; None when give_up(attempt) says
+        waiting is pointless (stopping): the messages then stay unacknowledged at the broker."""
+        for attempt, delay in enumerate(_backoff(self.settings.retry_max_delay_s)):
             try:
-                t = now_ms()
-                return [self._decoder.decode(m.topic, m.payload, t) for m in batch]
+                return action()
             except psycopg.Error as e:
                 self.stats.failed(f"{type(e).__name__}: {e}".strip())
-                self._devices.close()
-                if self._stopping.is_set():
+                reset()
+                if give_up(attempt):
                     log.warning("database unavailable while stopping; %d messages stay queued at the broker",
-                                len(batch))
+                                messages)
                     return None
-                log.warning("device lookup failed (%s); retrying in %.1fs", e, delay)
+                log.warning("%s failed (%s); retrying in %.1fs, not acknowledging", what, e, delay)
                 time.sleep(delay)
         raise AssertionError("unreachable: _backoff never ends")
 
@@ -231,19 +243,10 @@ class IngestService:
     def _commit(self, writer: BatchWriter, batch: list[Inbound], decoded: list[Decoded],
                 give_up_on_failure: bool) -> int | None:
         """Number of dead letters once committed; None when given up (stopping, database down)."""
-        for attempt, delay in enumerate(_backoff(self.settings.retry_max_delay_s)):
-            try:
-                return writer.write(decoded)
-            except psycopg.Error as e:
-                self.stats.failed(f"{type(e).__name__}: {e}".strip())
-                writer.close()
-                if give_up_on_failure or (self._stopping.is_set() and attempt >= 3):
-                    log.warning("database unavailable while stopping; %d messages stay queued at the broker",
-                                len(batch))
-                    return None
-                log.warning("database write failed (%s); retrying in %.1fs, not acknowledging", e, delay)
-                time.sleep(delay)
-        raise AssertionError("unreachable: _backoff never ends")
+        def give_up(attempt: int) -> bool:
+            return give_up_on_failure or (self._stopping.is_set() and attempt >= 3)
+
+        return self._until_done(lambda: writer.write(decoded), writer.close, "database write", len(batch), give_up)
 
     def _acknowledge(self, batch: list[Inbound], decoded: list[Decoded], dead: int) -> None:
         committed = now_ms()
