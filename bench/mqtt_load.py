@@ -5,7 +5,7 @@ PostgreSQL, so every microsecond the generator spends per message is taken from 
 paho-mqtt costs 80-95 µs of CPU per QoS 1 publish here (a Python object, a lock and a syscall per
 message, a state machine per acknowledgement); this module builds each PUBLISH with a few byte
 concatenations, writes many messages per syscall and checks acknowledgements in bulk with one byte
-comparison. `publisher` is a drop-in replacement for `bench.ingest.publisher`.
+comparison. `publisher` sends the same load as `paho_publisher`, the baseline kept here.
 
     python bench/mqtt_load.py      # verify against a private Mosquitto and compare CPU/message with paho
 """
@@ -42,7 +42,7 @@ from ioc.stack.procs import free_port  # noqa: E402
 
 SITE = "bench"
 KEEPALIVE = 60  # s; a run that sits longer than 1.5x this between ready and go is dropped by the broker
-# Rounds over all devices per write (and per pacing check, as in bench.ingest): 4 messages per syscall; a
+# Rounds over all devices per write (and per pacing check, as in paho_publisher): 4 messages per syscall; a
 # message waits in our buffer at most the time it takes to build 4 rounds (~1 ms for 50 devices).
 FLUSH_ROUNDS = 4
 DRAIN_FRACTION = 0.5  # read PUBACKs every window/2 rounds: many per recv(), and the window never fills
@@ -56,6 +56,14 @@ _PUBACK = struct.Struct(">BBH")
 # Every PUBACK the broker may send, in order, twice over: the expected acknowledgements for any run of
 # at most 65535 consecutive packet ids are one slice of it, so a whole recv() is checked by one compare.
 _ACKS = b"".join(_PUBACK.pack(0x40, 2, i) for i in range(1, _MAX_ID + 1)) * 2
+
+
+def message_body(dev: str, i: int, seq: int, sent_at: int, ts: int) -> str:
+    """The telemetry message both generators send (round i of device dev); `publisher` builds the same
+    bytes in pieces for speed, and the self-test checks them against this."""
+    return (f'{{"v":1,"device_id":"{dev}","boot_id":"bench","seq":{seq},"sent_at":{sent_at},'
+            f'"samples":[{{"ts":{ts},"values":{{"pm25":{12 + i % 7}.5,"pm10":{20 + i % 5}.0,'
+            f'"co2":{400 + i % 50}.0,"noise":{55 + i % 9}.0,"temperature":{25 + i % 3}.25}}}}]}}')
 
 
 class MqttError(RuntimeError):
@@ -212,7 +220,7 @@ def publisher(port: int, devices: Sequence[str], count: int, window: int, ready:
               go: MpEvent, rate: float) -> None:
     """One process, one MQTT connection per device, QoS 1, at most `window` unacknowledged messages.
 
-    Same load as `bench.ingest.publisher` (messages, topics, payloads, pacing), at a fraction of its
+    Same load as `paho_publisher` (messages, topics, payloads, pacing), at a fraction of its
     CPU: packets are built as bytes and written once per connection every FLUSH_ROUNDS rounds (always
     before a pacing sleep, so nothing waits in our buffer while we sleep); PUBACKs are left to pile up
     in the kernel for window/2 rounds, then read and checked in bulk."""
@@ -223,7 +231,7 @@ def publisher(port: int, devices: Sequence[str], count: int, window: int, ready:
         ready.set()
         go.wait()
         per = count // len(devices)
-        # The payload of bench.ingest.publisher, byte for byte, split into what is fixed per device,
+        # message_body(), byte for byte, split into what is fixed per device,
         # per round (the values depend only on the round) and per message.
         heads = [f'{{"v":1,"device_id":"{dev}","boot_id":"bench","seq":' for dev in devices]
         hdr_cache: dict[int, bytes] = {}
@@ -296,9 +304,7 @@ def paho_publisher(port: int, devices: Sequence[str], count: int, window: int, r
         for c, dev in zip(clients, devices, strict=True):
             seq += 1
             ts = last_ts[dev] = max(now_ms(), last_ts[dev] + 1)  # live data; strictly increasing per device
-            body = (f'{{"v":1,"device_id":"{dev}","boot_id":"bench","seq":{seq},"sent_at":{now_ms()},'
-                    f'"samples":[{{"ts":{ts},"values":{{"pm25":{12 + i % 7}.5,"pm10":{20 + i % 5}.0,'
-                    f'"co2":{400 + i % 50}.0,"noise":{55 + i % 9}.0,"temperature":{25 + i % 3}.25}}}}]}}')
+            body = message_body(dev, i, seq, now_ms(), ts)
             c.publish(topics.telemetry(SITE, dev, "env"), body, qos=1)
             while len(c._out_messages) >= window:
                 c.loop(0.005)
@@ -345,13 +351,6 @@ def _timed(fn: Callable[..., None], port: int, devices: list[str], count: int, w
     out.send((time.process_time() - r.cpu, time.monotonic() - g.wall))
 
 
-def _expected_body(dev: str, i: int, seq: int, sent_at: int, ts: int) -> str:
-    """bench.ingest.publisher's f-string, verbatim, to check payloads byte for byte."""
-    return (f'{{"v":1,"device_id":"{dev}","boot_id":"bench","seq":{seq},"sent_at":{sent_at},'
-            f'"samples":[{{"ts":{ts},"values":{{"pm25":{12 + i % 7}.5,"pm10":{20 + i % 5}.0,'
-            f'"co2":{400 + i % 50}.0,"noise":{55 + i % 9}.0,"temperature":{25 + i % 3}.25}}}}]}}')
-
-
 def _verify(lines: list[bytes], devices: list[str], per: int) -> None:
     """Exactly `per` messages per device, in order, valid JSON, the expected bytes; seq 1..N once each."""
     by_dev: dict[str, list[tuple[str, bytes]]] = defaultdict(list)
@@ -370,7 +369,7 @@ def _verify(lines: list[bytes], devices: list[str], per: int) -> None:
             m = json.loads(payload)
             ts = m["samples"][0]["ts"]
             if topic != topics.telemetry(SITE, dev, "env") or ts <= last or \
-                    payload.decode() != _expected_body(dev, i, m["seq"], m["sent_at"], ts):
+                    payload.decode() != message_body(dev, i, m["seq"], m["sent_at"], ts):
                 raise AssertionError(f"{dev} message {i}: {topic} {payload!r}")
             last = ts
             seqs.append(m["seq"])

@@ -86,8 +86,9 @@ class IngestService:
             backend = current_backend(conn)
         if backend is None:
             raise RuntimeError("database has no IOC schema: run `ioc db migrate` first")
-        self._writers = [BatchWriter(self.settings.dsn, self.settings.instance, mark_rollups=backend == "postgres")
-                         for _ in range(self.settings.writers)]
+        seen_written: dict[str, float] = {}
+        self._writers = [BatchWriter(self.settings.dsn, self.settings.instance, mark_rollups=backend == "postgres",
+                                     seen_written=seen_written) for _ in range(self.settings.writers)]
         self._devices.refresh()
         loops: list[tuple[str, Callable[[], None]]] = [("ingest-decoder", self._decode_loop),
                                                        ("ingest-stats", self._stats_loop),
@@ -171,10 +172,11 @@ class IngestService:
                 self._in_pipeline += len(final)
             size = self.settings.batch_max_messages
             for i in range(0, len(final), size):
-                if (decoded := self._decode(final[i : i + size])) is None:
+                chunk = final[i : i + size]
+                if (decoded := self._decode(chunk)) is None:
                     self._leave_pipeline(final[i:])
                     break
-                self._decoded.put((next(seq), final[i : i + size], decoded, True))
+                self._decoded.put((next(seq), chunk, decoded, True))
         except Exception:
             self._crash("decoder")
             raise

@@ -83,6 +83,11 @@ def _copy(cur: psycopg.Cursor, table: str, columns: str, data: str, dedupe: bool
     cur.execute(f"INSERT INTO {table} {columns} SELECT {columns[1:-1]} FROM stage_{table} ON CONFLICT DO NOTHING")
 
 
+def _minutes(batch: Sequence[Decoded]) -> list[int]:
+    """The batch's telemetry minutes, sorted: every writer locks rollup_dirty rows in one order."""
+    return sorted(set().union(*(d.minutes for d in batch)))
+
+
 def is_data_error(e: psycopg.Error) -> bool:
     """True when the content of a message caused the error, so retrying it can never succeed: a server
     data or constraint error, or a value the driver itself refuses (no SQLSTATE, not a connection error)."""
@@ -94,12 +99,15 @@ def is_data_error(e: psycopg.Error) -> bool:
 class BatchWriter:
     """Owns one database connection; call write() from one thread only."""
 
-    def __init__(self, dsn: str, instance: str, mark_rollups: bool) -> None:
+    def __init__(self, dsn: str, instance: str, mark_rollups: bool,
+                 seen_written: dict[str, float] | None = None) -> None:
+        """seen_written: when each device's last_seen was last written; share one among a process's
+        writers, or each of them writes it again."""
         self._dsn = dsn
         self._instance = instance
         self._mark_rollups = mark_rollups
         self._conn: psycopg.Connection | None = None
-        self._seen_written: dict[str, float] = {}
+        self._seen_written = {} if seen_written is None else seen_written
 
     def _connection(self) -> psycopg.Connection:
         if self._conn is None or self._conn.closed or self._conn.broken:
@@ -135,7 +143,7 @@ class BatchWriter:
         dead = 0
         with conn.transaction():
             if self._mark_rollups:  # all of them first, in order, as _write does: no lock-order deadlock
-                conn.execute(_MARK_DIRTY, (self._instance, sorted(set().union(*(d.minutes for d in batch)))))
+                conn.execute(_MARK_DIRTY, (self._instance, _minutes(batch)))
             for d in batch:
                 try:
                     with conn.transaction():  # savepoint
@@ -154,8 +162,7 @@ class BatchWriter:
         if telemetry:
             _copy(cur, "telemetry", _TELEMETRY_COLUMNS, telemetry, dedupe)
             if self._mark_rollups:
-                minutes = sorted(set().union(*(d.minutes for d in batch)))  # sorted: rows locked in one order
-                cur.execute(_MARK_DIRTY, (self._instance, minutes))
+                cur.execute(_MARK_DIRTY, (self._instance, _minutes(batch)))
         counts = "".join(line for d in batch for line in d.counts)
         if counts:
             _copy(cur, "traffic_counts", _COUNTS_COLUMNS, counts, dedupe)
