@@ -16,6 +16,13 @@ from pydantic import BaseModel, ConfigDict, Field
 MAX_SAMPLES_PER_MESSAGE = 5000
 EpochMs = Annotated[int, Field(ge=0, lt=32503680000000, description="ms since Unix epoch, UTC")]
 DeviceId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:-]+$")]
+# Not Literal[1]: pydantic accepts `true` and `1.0` for a literal 1 even in strict mode. Senders may leave v
+# out when building a model (it defaults), but ingest requires it on the wire (see decode._validate).
+# Names and ids a device chooses (boot id, counting line, class, event kind): printable, no control
+# characters — a carriage return in one would be stored as a different name than the device meant.
+LABEL_PATTERN = r"^[^\x00-\x1f\x7f]+$"
+Label = Annotated[str, Field(min_length=1, max_length=64, pattern=LABEL_PATTERN)]
+SchemaVersion = Annotated[int, Field(ge=1, le=1, description="== SCHEMA_VERSION")]
 
 
 def now_ms() -> int:
@@ -27,14 +34,15 @@ def ms_to_datetime(ms: int) -> datetime:
 
 
 class _Wire(BaseModel):
-    # Unknown fields are ignored so additive changes stay compatible within v1.
-    model_config = ConfigDict(extra="ignore", frozen=True)
+    # Unknown fields are ignored so additive changes stay compatible within v1. Strict: "12.5" or true is
+    # not a number, "1700000000000" is not a timestamp (lax mode would convert them silently).
+    model_config = ConfigDict(extra="ignore", frozen=True, strict=True)
 
 
 class Envelope(_Wire):
-    v: Literal[1] = 1  # == SCHEMA_VERSION
+    v: SchemaVersion = 1
     device_id: DeviceId
-    boot_id: Annotated[str, Field(min_length=1, max_length=64)]
+    boot_id: Label
     seq: Annotated[int, Field(ge=0)]
     sent_at: EpochMs | None = Field(default=None, description="when the device published this message")
 
@@ -53,13 +61,13 @@ class TelemetryMessage(Envelope):
 class CountSample(_Wire):
     """Objects of one class crossing one counting line in one direction during one interval."""
 
-    model_config = ConfigDict(extra="ignore", frozen=True, populate_by_name=True)
+    model_config = ConfigDict(extra="ignore", frozen=True, strict=True, populate_by_name=True)
 
     ts: EpochMs = Field(description="start of the interval")
     interval_s: Annotated[int, Field(gt=0, le=86400)]
-    line: Annotated[str, Field(min_length=1, max_length=64)]
-    cls: Annotated[str, Field(alias="class", min_length=1, max_length=32)]
-    direction: Annotated[str, Field(min_length=1, max_length=16)]
+    line: Label
+    cls: Annotated[Label, Field(alias="class", max_length=32)]
+    direction: Annotated[Label, Field(max_length=16)]
     count: Annotated[int, Field(ge=0)]
 
 
@@ -71,7 +79,7 @@ class CountsMessage(Envelope):
 
 class Event(_Wire):
     ts: EpochMs
-    kind: Annotated[str, Field(min_length=1, max_length=64)]
+    kind: Label
     severity: Literal["info", "warning", "critical"] = "info"
     details: dict[str, Any] = Field(default_factory=dict)
 
@@ -85,18 +93,18 @@ class EventsMessage(Envelope):
 class StatusMessage(_Wire):
     """Retained on state/v1/{device_id}: the birth message, or the last will the broker publishes."""
 
-    v: Literal[1] = 1  # == SCHEMA_VERSION
+    v: SchemaVersion = 1
     device_id: DeviceId
     status: Literal["online", "offline"]
-    boot_id: str
+    boot_id: Label
     ts: EpochMs = Field(description="when this connection was attempted: the birth and the will of one "
                         "connection carry the same value (set the will again before each reconnect). Ingest applies a "
                         "status only if its ts is newer than the stored one, or equal and offline, so a will that "
                         "arrives late never overrides the birth of a newer connection.")
-    firmware: str | None = None
-    profile: str | None = None
-    config_version: int | None = None
-    reason: str | None = None
+    firmware: Label | None = None
+    profile: Label | None = None
+    config_version: Annotated[int, Field(ge=0, lt=2**31)] | None = None
+    reason: Annotated[str, Field(max_length=256)] | None = None
 
 
 COUNTS_STREAM = "counts"

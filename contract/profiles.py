@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import os
-from functools import cache
+from functools import cache, cached_property
 from pathlib import Path
 
 import yaml
@@ -59,8 +59,13 @@ class DeviceProfile(BaseModel):
     metrics: dict[str, MetricSpec]
     counts: CountsSpec | None = None
 
-    def streams(self) -> set[str]:
-        return {m.stream for m in self.metrics.values()}
+    def streams(self) -> frozenset[str]:
+        """Topic streams this profile publishes on (ingest checks each telemetry topic against them)."""
+        return self._streams
+
+    @cached_property
+    def _streams(self) -> frozenset[str]:
+        return frozenset(m.stream for m in self.metrics.values())
 
 
 def _read_yaml(path: Path) -> dict:

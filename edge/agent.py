@@ -268,6 +268,13 @@ class Agent:
         self._inbox.put(message)
 
     def _dispatch(self, msg: mqtt.MQTTMessage | str) -> None:
+        """Handle one inbox item; whatever a payload triggers is logged, never the end of run()."""
+        try:
+            self._handle(msg)
+        except Exception:
+            log.exception("handling an inbox message failed; the agent carries on")
+
+    def _handle(self, msg: mqtt.MQTTMessage | str) -> None:
         if msg == _REPORT:  # (re)connected: say what runs, whether or not a desired config exists
             self._report("applied", None)
         if isinstance(msg, str):

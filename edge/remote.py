@@ -15,16 +15,20 @@ Commands (`cmd/v1/{device_id}/{name}`, JSON arguments, MQTT 5 response topic + c
     flush                                 -> closes open windows now and sends the backlog unthrottled
     (sources add their own through `Source.commands()`, e.g. the camera box's `snapshot`)
 The reply (`CommandReply`) goes to the response topic with the request's correlation data.
+
+Nothing a sender puts in a payload may stop the agent: JSON is read only by pydantic-core's parser
+(nesting beyond its recursion limit is a ValueError, where Python's json raises RecursionError), a
+desired config is validated strictly, and a handler's unexpected exception becomes ok=false.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic_core import from_json
 
 from contract.messages import EpochMs, now_ms
 from contract.profiles import DeviceProfile
@@ -78,9 +82,10 @@ class CommandError(ValueError):
 
 
 def parse_desired(payload: bytes | bytearray | str, profile: DeviceProfile) -> DesiredConfig:
-    """Decode and validate a desired config; raises ConfigError with a readable reason."""
+    """Decode and validate a desired config; raises ConfigError with a readable reason. Strict: "30" is
+    not a number of seconds, true is not a version."""
     try:
-        desired = DesiredConfig.model_validate_json(payload)
+        desired = DesiredConfig.model_validate_json(payload, strict=True)
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()[:5])
         raise ConfigError(problems) from None
@@ -91,10 +96,10 @@ def parse_desired(payload: bytes | bytearray | str, profile: DeviceProfile) -> D
 def desired_version_of(payload: bytes | bytearray) -> int | None:
     """Best effort: the version a (possibly invalid) desired config claims, for the report."""
     try:
-        v = json.loads(payload).get("version")
+        v = from_json(payload, allow_inf_nan=False).get("version")
     except (ValueError, AttributeError):
         return None
-    return v if isinstance(v, int) else None
+    return v if type(v) is int else None
 
 
 def with_interval(settings: Settings, metric: str, interval_s: float) -> Settings:
@@ -107,8 +112,8 @@ def decode_args(payload: bytes) -> dict[str, Any]:
     if not payload.strip():
         return {}
     try:
-        args = json.loads(payload)
-    except ValueError as exc:
+        args = from_json(payload, allow_inf_nan=False)
+    except ValueError as exc:  # also nesting beyond the parser's recursion limit
         raise CommandError(f"arguments are not JSON: {exc}") from None
     if not isinstance(args, dict):
         raise CommandError("arguments must be a JSON object")
@@ -132,4 +137,8 @@ def make_reply(device_id: str, command: str, run: Handler, args_payload: bytes) 
             ts=now_ms(),
             error="; ".join(e["msg"] for e in exc.errors()[:3]),
         )
+    except Exception as exc:  # a handler's bug met by odd arguments: reply, never stop the agent
+        log.warning("command %s failed unexpectedly", command, exc_info=True)
+        return CommandReply(device_id=device_id, command=command, ok=False, ts=now_ms(),
+                            error=f"command failed: {type(exc).__name__}: {exc}"[:500])
     return CommandReply(device_id=device_id, command=command, ok=True, ts=now_ms(), result=result)

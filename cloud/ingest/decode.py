@@ -2,22 +2,33 @@
 
 Pure apart from the device lookup. Rows for COPY are built here as text lines, the cheapest form for
 the hot path; timestamps are written as timestamptz text, formatted once per second (copy_timestamp).
+
+Nothing a client sends may stop ingest: JSON is parsed only by pydantic-core's parser, which refuses
+nesting deeper than its recursion limit with a ValueError (Python's json module raises RecursionError),
+every value is made safe for COPY's text format and for jsonb before it leaves here, and any
+unexpected exception while decoding one message dead-letters that message with its reason.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+import psycopg
 from pydantic import ValidationError
+from pydantic_core import from_json
 
+from cloud.ingest.deadletters import DeadLetterLimiter
 from cloud.ingest.registry import KnownDevice
 from contract import SCHEMA_VERSION, topics
 from contract.messages import (
     COUNTS_STREAM,
+    LABEL_PATTERN,
     CountsMessage,
     Envelope,
     EventsMessage,
@@ -25,13 +36,18 @@ from contract.messages import (
     TelemetryMessage,
 )
 
+log = logging.getLogger(__name__)
+
+MAX_REASON_CHARS = 2000  # a reason quotes the client's input; a hostile one must not make it huge
+
 
 @dataclass(slots=True)
 class DeadLetter:
     topic: str
     reason: str
-    payload: bytes
+    payload: bytes  # as stored: possibly truncated (see DeadLetterLimiter)
     device_id: str | None = None
+    size: int = -1  # bytes of the payload as received; -1: len(payload)
 
 
 @dataclass(slots=True)
@@ -72,13 +88,41 @@ def copy_timestamp(ts_ms: int) -> str:
     return f"{head}.{ms:03d}+00"
 
 
+_COPY_SPECIAL = re.compile(r"[\\\n\r\t]")
+_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"})
+
+
+def copy_text(value: str) -> str:
+    """A string as COPY's text format reads it back unchanged: backslash, newline, carriage return and
+    tab escaped (one unescaped carriage return fails the whole COPY). NUL never gets here (refused)."""
+    return value.translate(_COPY_ESCAPES) if _COPY_SPECIAL.search(value) else value
+
+
+def jsonb_text(value: object, what: str) -> str:
+    """JSON text a jsonb column accepts: NaN and Infinity (pydantic-core reads 1e400 as inf) are not JSON."""
+    try:
+        return json.dumps(value, allow_nan=False)
+    except ValueError:
+        raise _RejectError(f"{what} holds NaN or Infinity, which JSON (and a jsonb column) cannot store") from None
+
+
 def _validation_reason(e: ValidationError) -> str:
     parts = []
-    for err in e.errors()[:5]:
+    for err in e.errors(include_input=False, include_url=False)[:5]:
         loc = ".".join(str(x) for x in err["loc"]) or "payload"
-        parts.append(f"{loc}: {err['msg']}")
+        if err["type"] == "string_pattern_mismatch" and (err.get("ctx") or {}).get("pattern") == LABEL_PATTERN:
+            parts.append(f"{loc}: must not contain control characters (tab, newline, carriage return, ...)")
+        else:
+            parts.append(f"{loc}: {err['msg']}")
     more = f" (+{e.error_count() - 5} more)" if e.error_count() > 5 else ""
     return "schema: " + "; ".join(parts) + more
+
+
+def _printable(text: str) -> str:
+    """Text PostgreSQL can store whatever the client put in it (NUL and lone surrogates escaped)."""
+    if "\x00" in text or not text.isprintable():
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", "\\x00")
+    return text[:MAX_REASON_CHARS]
 
 
 class Decoder:
@@ -88,25 +132,39 @@ class Decoder:
         max_payload_bytes: int,
         max_future_ms: int,
         max_age_ms: int,
+        limiter: DeadLetterLimiter | None = None,
     ) -> None:
         self._lookup = lookup
         self._max_payload = max_payload_bytes
         self._max_future_ms = max_future_ms
         self._max_age_ms = max_age_ms
+        self._limiter = limiter or DeadLetterLimiter()
 
     def decode(self, topic: str, payload: bytes, now_ms: int) -> Decoded:
         out = Decoded(topic, payload)
         try:
             self._decode(out, topic, payload, now_ms)
         except _RejectError as r:
-            out.telemetry.clear()
-            out.counts.clear()
-            out.minutes.clear()
-            out.events.clear()
-            out.status = None
-            out.config = None
-            out.dead = DeadLetter(topic, str(r), payload, out.device_id)
+            self._reject(out, str(r))
+        except psycopg.Error:
+            raise  # the device lookup found the database away: the caller retries the batch
+        except Exception as e:  # a payload must never stop ingest, whatever it triggers in the code below
+            log.warning("decoding a message on %r failed unexpectedly; dead-lettering it", topic, exc_info=True)
+            self._reject(out, f"could not decode ({type(e).__name__}: {e})")
+        if out.dead is not None:
+            out.dead = self._limiter.bound(out.dead, now_ms)
         return out
+
+    @staticmethod
+    def _reject(out: Decoded, reason: str) -> None:
+        out.telemetry.clear()
+        out.counts.clear()
+        out.minutes.clear()
+        out.events.clear()
+        out.status = None
+        out.config = None
+        dev = None if out.device_id is None else _printable(out.device_id)
+        out.dead = DeadLetter(_printable(out.topic), _printable(reason), out.payload, dev)
 
     def _decode(self, out: Decoded, topic: str, payload: bytes, now_ms: int) -> None:
         if len(payload) > self._max_payload:
@@ -128,21 +186,20 @@ class Decoder:
                 raise _RejectError(f"profile {known.profile.profile} does not count objects")
             self._counts(out, _validate(CountsMessage, payload, t.device_id), known, now_ms)
         elif t.kind == "tlm":
-            self._telemetry(out, _validate(TelemetryMessage, payload, t.device_id), known, now_ms)
+            assert t.leaf is not None  # topics.parse: tlm topics have five levels
+            if t.leaf not in known.profile.streams():
+                raise _RejectError(f"stream {t.leaf!r} is not one of profile {known.profile.profile}: "
+                                   f"{', '.join(sorted(known.profile.streams()))}")
+            self._telemetry(out, _validate(TelemetryMessage, payload, t.device_id), t.leaf, known, now_ms)
         elif t.kind == "evt":
-            self._events(out, _validate(EventsMessage, payload, t.device_id))
+            self._events(out, _validate(EventsMessage, payload, t.device_id), now_ms)
         elif t.kind == "state":
-            out.status = _validate(StatusMessage, payload, t.device_id)
+            status = _validate(StatusMessage, payload, t.device_id)
+            if (why := self._check_ts(status.ts, now_ms)) is not None:
+                raise _RejectError(f"status {why}")  # a far-future one would pin the device's state
+            out.status = status
         elif t.kind == "cfg" and t.leaf == "reported":
-            raw = _parse_json(payload)
-            _check_header(raw, t.device_id)
-            version = raw.get("version")
-            if version is not None and (type(version) is not int or not 0 <= version < 2**31):
-                raise _RejectError(f"reported config version {version!r} is not a whole number")
-            ts = raw.get("ts")
-            if ts is not None and (type(ts) is not int or not 0 <= ts <= now_ms + self._max_future_ms):
-                raise _RejectError(f"reported config ts {ts!r} is not epoch milliseconds up to now")
-            out.config = (version, json.dumps(raw.get("config", raw)), ts)
+            self._reported_config(out, payload, t.device_id, now_ms)
         else:
             raise _RejectError(f"topic {topic!r} is not one ingest stores")
 
@@ -153,7 +210,7 @@ class Decoder:
             return f"ts {ts} is older than the retention window"
         return None
 
-    def _telemetry(self, out: Decoded, msg: TelemetryMessage, known: KnownDevice, now_ms: int) -> None:
+    def _telemetry(self, out: Decoded, msg: TelemetryMessage, stream: str, known: KnownDevice, now_ms: int) -> None:
         specs = known.profile.metrics
         dev = msg.device_id
         lo, hi = now_ms - self._max_age_ms, now_ms + self._max_future_ms
@@ -168,10 +225,12 @@ class Decoder:
             out.minutes.add(ts // 60_000)
             for name, value in s.values.items():
                 spec = specs.get(name)
-                if spec is not None and spec.min <= value <= spec.max:
+                if spec is not None and spec.min <= value <= spec.max and spec.stream == stream:
                     lines.append(f"{head}{name}\t{value!r}\n")
                 elif spec is None:
-                    rejected.append(f"unknown metric {name!r} for profile {known.profile.profile}")
+                    rejected.append(f"unknown metric {name[:64]!r} for profile {known.profile.profile}")
+                elif spec.stream != stream:
+                    rejected.append(f"metric {name!r} belongs on stream {spec.stream!r}, not {stream!r}")
                 else:
                     rejected.append(spec.check(name, value) or f"{name}={value} rejected")
         self._finish(out, msg, rejected, max(s.ts for s in msg.samples))
@@ -179,9 +238,7 @@ class Decoder:
     def _counts(self, out: Decoded, msg: CountsMessage, known: KnownDevice, now_ms: int) -> None:
         spec = known.profile.counts
         assert spec is not None  # checked by the caller
-        boot = msg.boot_id
-        if "\t" in boot or "\n" in boot or "\\" in boot:
-            raise _RejectError(f"boot_id {boot!r} has control characters")
+        boot = copy_text(msg.boot_id)
         rejected: list[str] = []
         for c in msg.counts:
             why = self._check_ts(c.ts, now_ms)
@@ -191,30 +248,50 @@ class Decoder:
                 why = f"unknown direction {c.direction!r}; known: {', '.join(spec.directions)}"
             if why is None and c.count > spec.max_per_interval:
                 why = f"count {c.count} above the plausible maximum {spec.max_per_interval}"
-            if why is None and ("\t" in c.line or "\n" in c.line or "\\" in c.line):
-                why = f"line name {c.line!r} has control characters"
             if why:
                 rejected.append(why)
                 continue
-            out.counts.append(f"{copy_timestamp(c.ts)}\t{msg.device_id}\t{c.line}\t{c.cls}\t{c.direction}\t{c.interval_s}\t{c.count}"
-                              f"\t{boot}\n")
+            out.counts.append(f"{copy_timestamp(c.ts)}\t{msg.device_id}\t{copy_text(c.line)}\t{c.cls}\t{c.direction}"
+                              f"\t{c.interval_s}\t{c.count}\t{boot}\n")
         self._finish(out, msg, rejected, max(c.ts for c in msg.counts))
 
-    def _events(self, out: Decoded, msg: EventsMessage) -> None:
+    def _events(self, out: Decoded, msg: EventsMessage, now_ms: int) -> None:
+        rejected: list[str] = []
         for e in msg.events:
-            out.events.append((e.ts, msg.device_id, e.kind, e.severity, json.dumps(e.details)))
-        out.sent_at = msg.sent_at
-        out.newest_ts = max(e.ts for e in msg.events)
+            why = self._check_ts(e.ts, now_ms)
+            if why is None:
+                try:
+                    details = jsonb_text(e.details, f"details of event {e.kind!r}")
+                except _RejectError as r:
+                    why = str(r)
+            if why:
+                rejected.append(why)
+                continue
+            out.events.append((e.ts, msg.device_id, e.kind, e.severity, details))
+        self._finish(out, msg, rejected, max(e.ts for e in msg.events))
+
+    def _reported_config(self, out: Decoded, payload: bytes, device_id: str, now_ms: int) -> None:
+        raw = _parse_json(payload)
+        _check_header(raw, device_id)
+        version = raw.get("version")
+        if version is not None and (type(version) is not int or not 0 <= version < 2**31):
+            raise _RejectError(f"reported config version {version!r} is not a whole number")
+        ts = raw.get("ts")
+        if ts is not None:
+            if type(ts) is not int:
+                raise _RejectError(f"reported config ts {ts!r} is not epoch milliseconds")
+            if (why := self._check_ts(ts, now_ms)) is not None:
+                raise _RejectError(f"reported config {why}")
+        out.config = (version, jsonb_text(raw.get("config", raw), "reported config"), ts)
 
     def _finish(self, out: Decoded, msg: Envelope, rejected: list[str], newest: int) -> None:
         out.sent_at = msg.sent_at
         out.newest_ts = newest
         if rejected:
             shown = "; ".join(rejected[:5]) + (f" (+{len(rejected) - 5} more)" if len(rejected) > 5 else "")
-            total = len(rejected) + len(out.telemetry) + len(out.counts)
-            out.dead = DeadLetter(
-                out.topic, f"rejected {len(rejected)} of {total} points: {shown}", out.payload, msg.device_id
-            )
+            total = len(rejected) + len(out.telemetry) + len(out.counts) + len(out.events)
+            out.dead = DeadLetter(out.topic, _printable(f"rejected {len(rejected)} of {total} points: {shown}"),
+                                  out.payload, msg.device_id)
 
 
 M = TypeVar("M", bound=Envelope | StatusMessage)
@@ -225,12 +302,15 @@ class _RejectError(Exception):
 
 
 def _parse_json(payload: bytes) -> dict[str, Any]:
+    """pydantic-core's parser: bounded nesting (a ValueError beyond its recursion limit), no NaN."""
     try:
-        raw = json.loads(payload.decode("utf-8"))  # explicit: json.loads(bytes) would guess UTF-16/32
+        payload.decode("utf-8")
     except UnicodeDecodeError:
         raise _RejectError("payload is not UTF-8 text") from None
-    except json.JSONDecodeError as e:
-        raise _RejectError(f"malformed JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+    try:
+        raw = from_json(payload, allow_inf_nan=False)
+    except ValueError as e:
+        raise _RejectError(f"malformed JSON: {e}") from None
     if not isinstance(raw, dict):
         raise _RejectError(f"payload must be a JSON object, got {type(raw).__name__}")
     return raw
@@ -238,7 +318,7 @@ def _parse_json(payload: bytes) -> dict[str, Any]:
 
 def _check_header(raw: dict[str, Any], topic_device: str) -> None:
     v = raw.get("v")
-    if v != SCHEMA_VERSION:
+    if type(v) is not int or v != SCHEMA_VERSION:  # `true == 1` in Python: check the type first
         raise _RejectError(f"unsupported schema version {v!r}: this ingest speaks v{SCHEMA_VERSION}")
     if raw.get("device_id") != topic_device:
         raise _RejectError(f"device_id {raw.get('device_id')!r} in payload does not match topic ({topic_device!r})")
@@ -252,6 +332,8 @@ def _validate(model: type[M], payload: bytes, topic_device: str) -> M:
         raw = _parse_json(payload)
         _check_header(raw, topic_device)
         raise _RejectError(_validation_reason(e)) from None
+    if "v" not in msg.model_fields_set:  # the models default v for senders; on the wire it is required
+        raise _RejectError(f"missing schema version 'v': this ingest speaks v{SCHEMA_VERSION}")
     if msg.device_id != topic_device:
         raise _RejectError(f"device_id {msg.device_id!r} in payload does not match topic ({topic_device!r})")
     return msg  # type: ignore[return-value]  # mypy loses the TypeVar through model_validate_json
