@@ -167,15 +167,15 @@ class Decoder:
         out.dead = DeadLetter(_printable(out.topic), _printable(reason), out.payload, dev)
 
     def _decode(self, out: Decoded, topic: str, payload: bytes, now_ms: int) -> None:
-        if len(payload) > self._max_payload:
-            raise _RejectError(f"oversize payload: {len(payload)} bytes > limit {self._max_payload}")
-        if b"\\u0000" in payload or b"\x00" in payload:  # PostgreSQL text cannot hold NUL
-            raise _RejectError("payload contains a NUL character")
         try:
             t = topics.parse(topic)
         except topics.TopicError as e:
             raise _RejectError(str(e)) from None
-        out.device_id = t.device_id
+        out.device_id = t.device_id  # first: every dead letter of a device carries its id
+        if len(payload) > self._max_payload:
+            raise _RejectError(f"oversize payload: {len(payload)} bytes > limit {self._max_payload}")
+        if b"\\u0000" in payload or b"\x00" in payload:  # PostgreSQL text cannot hold NUL
+            raise _RejectError("payload contains a NUL character")
         known = self._lookup(t.device_id)
         if known is None:
             raise _RejectError(f"unknown device {t.device_id!r}: not registered")
