@@ -36,6 +36,9 @@ from edge.config import ConfigError, MetricSettings, Settings, check_settings
 
 log = logging.getLogger(__name__)
 
+MAX_DESIRED_BYTES = 256 * 1024  # a desired config is a few KB; anything near this is junk or an attack
+MAX_ARGS_BYTES = 64 * 1024
+
 
 class DesiredConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -71,7 +74,7 @@ class CommandReply(BaseModel):
 
 
 class SetInterval(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     metric: str
     interval_s: float = Field(ge=0.05, le=86400)
@@ -84,6 +87,8 @@ class CommandError(ValueError):
 def parse_desired(payload: bytes | bytearray | str, profile: DeviceProfile) -> DesiredConfig:
     """Decode and validate a desired config; raises ConfigError with a readable reason. Strict: "30" is
     not a number of seconds, true is not a version."""
+    if len(payload) > MAX_DESIRED_BYTES:
+        raise ConfigError(f"desired config of {len(payload)} bytes is over the limit of {MAX_DESIRED_BYTES}")
     try:
         desired = DesiredConfig.model_validate_json(payload, strict=True)
     except ValidationError as exc:
@@ -95,6 +100,8 @@ def parse_desired(payload: bytes | bytearray | str, profile: DeviceProfile) -> D
 
 def desired_version_of(payload: bytes | bytearray) -> int | None:
     """Best effort: the version a (possibly invalid) desired config claims, for the report."""
+    if len(payload) > MAX_DESIRED_BYTES:
+        return None
     try:
         v = from_json(payload, allow_inf_nan=False).get("version")
     except (ValueError, AttributeError):
@@ -109,6 +116,8 @@ def with_interval(settings: Settings, metric: str, interval_s: float) -> Setting
 
 
 def decode_args(payload: bytes) -> dict[str, Any]:
+    if len(payload) > MAX_ARGS_BYTES:
+        raise CommandError(f"arguments of {len(payload)} bytes are over the limit of {MAX_ARGS_BYTES}")
     if not payload.strip():
         return {}
     try:

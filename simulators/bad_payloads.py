@@ -267,3 +267,53 @@ def hostile_corpus(devices: list[tuple[str, str, DeviceProfile]], per_device: in
         out += [hostile_message(kinds[i % len(kinds)], device_id, site, profile, now, rng) for i in range(per_device)]
     rng.shuffle(out)
     return out
+
+
+# -- hostile variants of a command's arguments or a desired config --------------------------------
+BODY_MUTATIONS = ("deep", "deep-ignored", "huge", "nul", "control", "nan", "infinity", "overflow", "string-number",
+                  "bool-number", "surrogate", "bad-utf8", "not-object", "truncated", "unknown-field")
+
+
+def hostile_variant(body: dict[str, Any], rng: random.Random, mutation: str | None = None,
+                    huge_bytes: int = 1024 * 1024) -> tuple[str, bytes]:
+    """One mutation of a valid JSON object that a strict reader must refuse (and must survive)."""
+    body = json.loads(json.dumps(body))
+    mutation = mutation or rng.choice(BODY_MUTATIONS)
+    strings, numbers = _strings(body), _numbers(body)
+    raw: str | None = None
+    if mutation in ("deep", "deep-ignored"):
+        if mutation == "deep":
+            _set(body, rng.choice(strings + numbers), _MARK)
+        else:
+            body["extra"] = _MARK
+        raw = _dumps(body).replace(json.dumps(_MARK), _deep(rng.choice((1100, 5000, 50_000)), rng))
+    elif mutation == "huge":
+        body["padding"] = "x" * huge_bytes
+    elif mutation in ("nul", "control"):
+        p = rng.choice(strings)
+        _set(body, p, _get(body, p) + ("\x00" if mutation == "nul" else rng.choice(HOSTILE_CHARS)))
+    elif mutation in ("nan", "infinity", "overflow"):
+        _set(body, rng.choice(numbers), _MARK)
+        token = {"nan": "NaN", "infinity": rng.choice(("Infinity", "-Infinity")), "overflow": "1e400"}[mutation]
+        raw = _dumps(body).replace(json.dumps(_MARK), token)
+    elif mutation == "string-number":
+        p = rng.choice(numbers)
+        _set(body, p, str(_get(body, p)))
+    elif mutation == "bool-number":
+        _set(body, rng.choice(numbers), True)
+    elif mutation == "surrogate":
+        _set(body, rng.choice(strings), _MARK)
+        raw = _dumps(body).replace(json.dumps(_MARK), '"\\ud800"')
+    elif mutation == "bad-utf8":
+        _set(body, rng.choice(strings), _MARK)
+        return mutation, _dumps(body).encode().replace(json.dumps(_MARK).encode(), b'"\xff\xfe"')
+    elif mutation == "not-object":
+        raw = rng.choice(("[1, 2]", '"text"', "null", "7", "not json at all"))
+    elif mutation == "truncated":
+        text = _dumps(body)
+        raw = text[: rng.randrange(1, len(text) - 1)]
+    elif mutation == "unknown-field":
+        body["self_destruct"] = True
+    else:
+        raise ValueError(f"unknown mutation {mutation!r}; known: {BODY_MUTATIONS}")
+    return mutation, (raw if raw is not None else _dumps(body)).encode()
