@@ -147,6 +147,7 @@ class BatchWriter:
         self._mark_rollups = mark_rollups
         self._conn: psycopg.Connection | None = None
         self._seen_written = {} if seen_written is None else seen_written
+        self.partial_writes = 0  # savepoint writes spent isolating messages the database refused
 
     def _connection(self) -> psycopg.Connection:
         if self._conn is None or self._conn.closed or self._conn.broken:
@@ -180,17 +181,22 @@ class BatchWriter:
         return self._write_bisecting(conn, batch)
 
     def _write_bisecting(self, conn: psycopg.Connection, batch: Sequence[Decoded]) -> int:
+        before = self.partial_writes
         with conn.transaction():
             if self._mark_rollups:  # all of them first, in order, as _write does: no lock-order deadlock
                 conn.execute(_MARK_DIRTY, (self._instance, _minutes(batch)))
             mid = len(batch) // 2
             if mid == 0:
-                return self._write_part(conn, batch)
-            return self._write_part(conn, batch[:mid]) + self._write_part(conn, batch[mid:])
+                dead = self._write_part(conn, batch)
+            else:
+                dead = self._write_part(conn, batch[:mid]) + self._write_part(conn, batch[mid:])
+        log.info("bisection: batch of %d written in %d partial writes", len(batch), self.partial_writes - before)
+        return dead
 
     def _write_part(self, conn: psycopg.Connection, part: Sequence[Decoded]) -> int:
         """Write `part` in a savepoint; if the database refuses it, split it in two and try each half,
         down to the single message at fault, which becomes a dead letter."""
+        self.partial_writes += 1
         try:
             with conn.transaction():  # savepoint
                 conn.execute("DELETE FROM stage_telemetry; DELETE FROM stage_traffic_counts")
