@@ -201,6 +201,78 @@ def _measure(name: str, stack: Stack, devices: list[str], messages: int, publish
     return {**_result(name, log, start, total, stack, devices), "cpu": used, "offered": rate}
 
 
+# -- one CR-poisoned message a second (issue 8) ----------------------------------------------------
+POISON_CAMERA = "poison-cam"
+
+
+def _poison_payload(seq: int) -> bytes:
+    """A counts message whose line name and boot id carry a carriage return: one unescaped CR fails a COPY."""
+    ts = now_ms() - 60_000
+    return json.dumps({"v": 1, "device_id": POISON_CAMERA, "boot_id": f"boot\r{seq}", "seq": seq, "sent_at": now_ms(),
+                       "counts": [{"ts": ts - ts % 60_000, "interval_s": 60, "line": f"north\r{seq}", "class": "car",
+                                   "direction": "in", "count": 1}]}).encode()
+
+
+def _drain(name: str, stack: Stack, devices: list[str], messages: int, rate: float, batch: int, receive_max: int,
+           poison_every_s: float | None) -> dict:
+    """Seconds from the first publish until every valid message is committed, with or without a poisoned
+    message every `poison_every_s` from a camera in the same stream."""
+    log = CommitLog()
+
+    def hook(decoded: Sequence[Decoded], committed: int) -> None:
+        valid = [d for d in decoded if d.device_id != POISON_CAMERA]
+        log.add(len(valid), [committed - d.sent_at for d in valid if d.sent_at])
+
+    svc = IngestService(IngestSettings(dsn=stack.dsn, mqtt_host=stack.mqtt_host, mqtt_port=stack.mqtt_port,
+                                       instance=f"bench-{name}", stats_interval_s=2.0, batch_max_messages=batch,
+                                       receive_maximum=receive_max), on_commit=hook)
+    svc.start()
+    assert svc.wait_connected(10)
+    stop = threading.Event()
+    poisoner = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"bench-poison-{name}", protocol=mqtt.MQTTv311)
+    poisoner.connect(stack.mqtt_host, stack.mqtt_port)
+    poisoner.loop_start()
+    sent = [0]
+
+    def poison() -> None:
+        while poison_every_s is not None and not stop.wait(poison_every_s):
+            sent[0] += 1
+            poisoner.publish(topics.telemetry(SITE, POISON_CAMERA, "counts"), _poison_payload(sent[0]), qos=1)
+
+    t = threading.Thread(target=poison, daemon=True)
+    t.start()
+    try:
+        result = _measure(name, stack, devices, messages, 1, 500, rate, "raw", log)
+    finally:
+        stop.set()
+        t.join(5)
+        poisoner.loop_stop()
+        poisoner.disconnect()
+        svc.stop()
+    return {**result, "poisoned": sent[0]}
+
+
+def run_poison_case(stack: Stack, messages: int, rate: float, batch: int, receive_max: int) -> None:
+    """Clean run, then the same load with one CR-poisoned message a second; prints the drain-time ratio
+    (issue 8 asks for at most 1.5x)."""
+    fleets = {run: [f"{run}-{i:03d}" for i in range(100)] for run in ("clean", "poisoned")}
+    with psycopg.connect(stack.dsn) as conn:
+        register_devices(conn, [(d, SITE, "env-gateway") for f in fleets.values() for d in f]
+                         + [(POISON_CAMERA, SITE, "traffic-camera")])
+    print(f"poison case: {messages:,} messages at {rate:,.0f} msg/s, clean …", flush=True)
+    clean = _drain("clean", stack, fleets["clean"], messages, rate, batch, receive_max, None)
+    print("poison case: the same with one CR-poisoned message a second …", flush=True)
+    poisoned = _drain("poisoned", stack, fleets["poisoned"], messages, rate, batch, receive_max, 1.0)
+    with psycopg.connect(stack.dsn) as conn:
+        row = conn.execute("SELECT count(*) FROM dead_letters WHERE device_id = %s", (POISON_CAMERA,)).fetchone()
+    print(f"\n{'':18} {'messages':>9} {'drain s':>8} {'p99 ms':>7}  loss  poisoned (dead-lettered)")
+    for r in (clean, poisoned):
+        loss = r["expected_rows"] - r["rows"]
+        print(f"{r['name']:18} {r['messages']:>9,} {r['seconds']:>8.1f} {r['p99']:>7,.0f}  {loss:>4}"
+              f"  {r['poisoned']} ({row[0] if row and r is poisoned else '-'})")
+    print(f"ratio (poisoned / clean drain time): {poisoned['seconds'] / clean['seconds']:.2f}x (issue 8: at most 1.5x)")
+
+
 # -- reporting -----------------------------------------------------------------------------------
 def _wait(cond: Callable[[], bool], timeout: float, what: str) -> None:
     deadline = time.time() + timeout
@@ -242,6 +314,9 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=IngestSettings.model_fields["batch_max_messages"].default)
     ap.add_argument("--receive-max", type=int, default=IngestSettings.model_fields["receive_maximum"].default)
     ap.add_argument("--skip-naive", action="store_true", help="only the ingest service (tuning runs)")
+    ap.add_argument("--poison-case", action="store_true",
+                    help="only the CR-poisoned case: --messages at --rate (use e.g. --rate 2500), clean vs one "
+                         "poisoned message a second, drain-time ratio")
     args = ap.parse_args()
 
     root = Path(tempfile.mkdtemp(prefix="bench-", dir=REPO / ".ioc"))
@@ -252,6 +327,13 @@ def main() -> None:
     fleets = {run: [f"{run}-{i:03d}" for i in range(args.devices)] for run in ("paced", "max", "naive")}
     with psycopg.connect(stack.dsn) as conn:  # each run has its own devices and counts its own rows
         register_devices(conn, [(d, SITE, "env-gateway") for fleet in fleets.values() for d in fleet])
+    if args.poison_case:
+        try:
+            run_poison_case(stack, args.messages, args.rate, args.batch, args.receive_max)
+        finally:
+            stack.down()
+            shutil.rmtree(root, ignore_errors=True)
+        return
     common = (args.publishers, args.window)
     ingest = (args.batch, args.receive_max)
     results = []

@@ -16,6 +16,7 @@ class SystemStatus:
     dead_letters: int
     instances: list[dict[str, object]]
     recent_dead: list[tuple[str, str]]
+    dead_letter_bytes: int = 0  # on disk, table and indexes: bounded by retention and the payload budget
 
 
 def _estimate(conn: psycopg.Connection, table: str) -> int:
@@ -58,4 +59,5 @@ def read_status(conn: psycopg.Connection, exact: bool = False) -> SystemStatus:
         dead_letters=one("SELECT count(*) FROM dead_letters"),
         instances=instances,
         recent_dead=[(t, r) for t, r in recent],
+        dead_letter_bytes=one("SELECT pg_total_relation_size('dead_letters')"),
     )

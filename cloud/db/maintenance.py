@@ -1,7 +1,9 @@
-"""Periodic upkeep for the plain-PostgreSQL path: partitions ahead, retention, rollups.
+"""Periodic upkeep: dead-letter retention on both backends; on the plain-PostgreSQL path also partitions
+ahead, retention and rollups (TimescaleDB does those three with its own policies).
 
-TimescaleDB does all three with its own policies, so there this is a no-op. Any number of ingest
-processes may call it; an advisory lock lets one do the work.
+Any number of ingest processes may call it; an advisory lock lets one do the work. Partition DDL waits
+for a lock at most LOCK_TIMEOUT, less than PostgreSQL's deadlock_timeout (1 s): behind a writer's
+transaction upkeep gives up and tries again next pass, so a writer never meets it in a deadlock.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ log = logging.getLogger(__name__)
 
 _LOCK_ID = 0x10C_0002
 PARTITIONED = ("telemetry", "traffic_counts")
+LOCK_TIMEOUT = "500ms"
+_TRIM_BATCH = 10_000  # dead letters deleted per statement, so one pass never holds a long lock
 
 
 @dataclass
@@ -25,6 +29,8 @@ class MaintenanceResult:
     partitions_created: int = 0
     partitions_dropped: int = 0
     rollup_minutes: int = 0
+    dead_letters_deleted: int = 0
+    skipped: str | None = None  # a step that gave up waiting for a lock (done next pass)
 
 
 def settings(conn: psycopg.Connection) -> dict[str, str]:
@@ -33,39 +39,66 @@ def settings(conn: psycopg.Connection) -> dict[str, str]:
 
 def run_maintenance(conn: psycopg.Connection) -> MaintenanceResult:
     """One pass; `conn` must be in autocommit mode."""
-    if current_backend(conn) != "postgres":
+    backend = current_backend(conn)
+    if backend is None:
         return MaintenanceResult(ran=False)
     locked = conn.execute("SELECT pg_try_advisory_lock(%s)", (_LOCK_ID,)).fetchone()
     if not locked or not locked[0]:
         return MaintenanceResult(ran=False)
     try:
         cfg = settings(conn)
-        ahead = int(cfg.get("partition_days_ahead", "7"))
-        retention = int(cfg.get("retention_days", "90"))
         res = MaintenanceResult(ran=True)
-        for table in PARTITIONED:
-            with conn.transaction():
-                # Cover today..ahead, plus any older day the default partition holds (late backlog).
-                row = conn.execute(
-                    f"SELECT ioc_ensure_partitions(%s,"
-                    f" (LEAST((SELECT min(ts) FROM {table}_default), now()) AT TIME ZONE 'UTC')::date,"
-                    " ((now() + make_interval(days => %s)) AT TIME ZONE 'UTC')::date)",
-                    (table, ahead),
-                ).fetchone()
-                res.partitions_created += row[0] if row else 0
-                row = conn.execute("SELECT ioc_drop_partitions(%s, now() - make_interval(days => %s))",
-                                   (table, retention)).fetchone()
-                res.partitions_dropped += row[0] if row else 0
-        with conn.transaction():
-            conn.execute("DELETE FROM events WHERE ts < now() - make_interval(days => %s)", (retention,))
-        with conn.transaction():  # short: ingest's inserts into rollup_dirty wait only for this
-            conn.execute("SELECT ioc_take_dirty_rollups()")
-        with conn.transaction():
-            row = conn.execute("SELECT ioc_refresh_rollups()").fetchone()
-            res.rollup_minutes = row[0] if row else 0
-        if res.partitions_created or res.partitions_dropped or res.rollup_minutes:
-            log.info("maintenance: %d partitions created, %d dropped, %d rollup minutes recomputed",
-                     res.partitions_created, res.partitions_dropped, res.rollup_minutes)
+        res.dead_letters_deleted = trim_dead_letters(conn, int(cfg.get("dead_letter_retention_days", "14")))
+        if backend == "postgres":
+            try:
+                _partitions_and_rollups(conn, cfg, res)
+            except psycopg.errors.LockNotAvailable as e:
+                res.skipped = f"waited over {LOCK_TIMEOUT} for a lock ({e.diag.message_primary}); next pass"
+                log.info("maintenance: %s", res.skipped)
+        if res.partitions_created or res.partitions_dropped or res.rollup_minutes or res.dead_letters_deleted:
+            log.info("maintenance: %d partitions created, %d dropped, %d rollup minutes recomputed, "
+                     "%d dead letters past retention deleted", res.partitions_created, res.partitions_dropped,
+                     res.rollup_minutes, res.dead_letters_deleted)
         return res
     finally:
         conn.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_ID,))
+
+
+def trim_dead_letters(conn: psycopg.Connection, retention_days: int) -> int:
+    """Delete dead letters older than the retention, a batch at a time; returns how many."""
+    deleted = 0
+    while True:
+        cur = conn.execute(
+            "DELETE FROM dead_letters WHERE id IN (SELECT id FROM dead_letters"
+            " WHERE received_at < now() - make_interval(days => %s) ORDER BY received_at LIMIT %s)",
+            (retention_days, _TRIM_BATCH))
+        deleted += cur.rowcount
+        if cur.rowcount < _TRIM_BATCH:
+            return deleted
+
+
+def _partitions_and_rollups(conn: psycopg.Connection, cfg: dict[str, str], res: MaintenanceResult) -> None:
+    ahead = int(cfg.get("partition_days_ahead", "7"))
+    retention = int(cfg.get("retention_days", "90"))
+    for table in PARTITIONED:
+        with conn.transaction():
+            conn.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
+            # Cover today..ahead, plus any older day the default partition holds (late backlog).
+            row = conn.execute(
+                f"SELECT ioc_ensure_partitions(%s,"
+                f" (LEAST((SELECT min(ts) FROM {table}_default), now()) AT TIME ZONE 'UTC')::date,"
+                " ((now() + make_interval(days => %s)) AT TIME ZONE 'UTC')::date)",
+                (table, ahead),
+            ).fetchone()
+            res.partitions_created += row[0] if row else 0
+            row = conn.execute("SELECT ioc_drop_partitions(%s, now() - make_interval(days => %s))",
+                               (table, retention)).fetchone()
+            res.partitions_dropped += row[0] if row else 0
+    with conn.transaction():
+        conn.execute("DELETE FROM events WHERE ts < now() - make_interval(days => %s)", (retention,))
+    with conn.transaction():  # short: ingest's inserts into rollup_dirty wait only for this
+        conn.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
+        conn.execute("SELECT ioc_take_dirty_rollups()")
+    with conn.transaction():
+        row = conn.execute("SELECT ioc_refresh_rollups()").fetchone()
+        res.rollup_minutes = row[0] if row else 0

@@ -1,9 +1,10 @@
 """A budget for what dead letters may store, so junk cannot turn the table into a free disk.
 
 Every rejected message is still recorded (topic, device, reason, size), but only the first
-`per_device_per_minute` of a device — and the first `per_topic_per_minute` of a topic, which catches
-floods under made-up device ids — keep their payload (up to `keep_bytes`) each minute; beyond that the
-payload is cut to `truncated_bytes` and the reason says so, with the count. Retention of the table is
+`per_device_per_minute` of a device, the first `per_topic_per_minute` of a topic, and the first
+`total_per_minute` overall (a flood under made-up device ids has a new device and topic every time)
+keep their payload (up to `keep_bytes`) each minute; beyond that the payload is cut to
+`truncated_bytes` and the reason says so, with the count. Retention of the table is
 upkeep's (cloud/db/maintenance.py, setting `dead_letter_retention_days`).
 """
 
@@ -23,9 +24,12 @@ class DeadLetterLimiter:
     """Not thread-safe: one per decoder thread."""
 
     def __init__(self, per_device_per_minute: int = 60, per_topic_per_minute: int = 60,
-                 keep_bytes: int = DEAD_PAYLOAD_KEEP, truncated_bytes: int = TRUNCATED_KEEP) -> None:
+                 total_per_minute: int = 1000, keep_bytes: int = DEAD_PAYLOAD_KEEP,
+                 truncated_bytes: int = TRUNCATED_KEEP) -> None:
         self._per_device = per_device_per_minute
         self._per_topic = per_topic_per_minute
+        self._total_limit = total_per_minute
+        self._total = 0
         self._keep = keep_bytes
         self._truncated = truncated_bytes
         self._minute = -1
@@ -39,6 +43,7 @@ class DeadLetterLimiter:
             self._minute = minute
             self._by_device.clear()
             self._by_topic.clear()
+            self._total = 0
         size = len(dead.payload) if dead.size < 0 else dead.size
         keep, reason = self._keep, dead.reason
         over = []
@@ -49,6 +54,9 @@ class DeadLetterLimiter:
         n = self._by_topic[dead.topic] = self._by_topic.get(dead.topic, 0) + 1
         if n > self._per_topic:
             over.append(f"dead letter {n} this minute on this topic (limit {self._per_topic})")
+        self._total += 1
+        if self._total > self._total_limit:
+            over.append(f"dead letter {self._total} this minute in all (limit {self._total_limit})")
         if over:
             keep = self._truncated
             if size > keep:
