@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from cloud.ingest.decode import Decoder, copy_timestamp
+from cloud.ingest.decode import Decoder, copy_text, copy_timestamp
 from cloud.ingest.registry import KnownDevice
 from contract.messages import now_ms
 from contract.profiles import get_profile
@@ -115,3 +115,70 @@ def test_status_events_and_reported_config_are_decoded() -> None:
         {"v": 1, "device_id": "gw-1", "version": 4, "ts": NOW + 86_400_000, "config": {}}).encode(), NOW)
     assert future.dead is not None  # a report from the future would block every later one
     assert "ts" in future.dead.reason
+
+
+def _raw(body: str) -> bytes:
+    return body.replace("NOW", str(NOW - 1000)).encode()
+
+
+@pytest.mark.parametrize(
+    ("topic", "payload", "reason"),
+    [  # strict types: lax mode would have stored every one of these
+        ("tlm/v1/north/gw-1/env", _msg(samples=[{"ts": NOW, "values": {"pm25": "12.5"}}]), "valid number"),
+        ("tlm/v1/north/gw-1/env", _msg(samples=[{"ts": NOW, "values": {"pm25": True}}]), "valid number"),
+        ("tlm/v1/north/gw-1/env", _msg(samples=[{"ts": str(NOW), "values": {"pm25": 1.0}}]), "samples.0.ts"),
+        ("tlm/v1/north/gw-1/env", _msg(seq=1.5), "schema: seq"),
+        ("tlm/v1/north/gw-1/env", _msg(v=True), "unsupported schema version True"),
+        ("tlm/v1/north/gw-1/env", _raw('{"device_id": "gw-1", "boot_id": "b", "seq": 1,'
+                                       ' "samples": [{"ts": NOW, "values": {"pm25": 1.0}}]}'), "missing schema"),
+        ("state/v1/gw-1", _raw('{"device_id": "gw-1", "status": "online", "boot_id": "b", "ts": NOW}'),
+         "missing schema version"),
+        ("tlm/v1/north/gw-1/env", _msg(boot_id="b\r1"), "boot_id: must not contain control characters"),
+        # the stream level of the topic, against the profile
+        ("tlm/v1/north/gw-1/traffic", _msg(), "stream 'traffic' is not one of profile env-gateway: env, health"),
+        ("tlm/v1/north/gw-1/health", _msg(), "metric 'pm25' belongs on stream 'env', not 'health'"),
+        # every timestamp bounded like telemetry's
+        ("evt/v1/north/gw-1/x", json.dumps({"v": 1, "device_id": "gw-1", "boot_id": "b", "seq": 1,
+                                            "events": [{"ts": 0, "kind": "k"}]}).encode(), "older than the retention"),
+        ("evt/v1/north/gw-1/x", json.dumps({"v": 1, "device_id": "gw-1", "boot_id": "b", "seq": 1,
+                                            "events": [{"ts": 32_500_000_000_000, "kind": "k"}]}).encode(), "future"),
+        ("state/v1/gw-1", json.dumps({"v": 1, "device_id": "gw-1", "status": "offline", "boot_id": "b",
+                                      "ts": NOW + 86_400_000}).encode(), "status ts"),
+        ("evt/v1/north/gw-1/x", _raw('{"v": 1, "device_id": "gw-1", "boot_id": "b", "seq": 1,'
+                                     ' "events": [{"ts": NOW, "kind": "k", "details": {"x": NaN}}]}'), "NaN or"),
+        ("cfg/v1/gw-1/reported", b'{"v": 1, "device_id": "gw-1", "config": {"x": 1e400}}', "NaN or Infinity"),
+        ("cfg/v1/gw-1/reported", b'{"v": 1, "device_id": "gw-1", "ts": 0}', "older than the retention"),
+        # what used to escape as RecursionError and kill ingest, on every kind of topic
+        ("tlm/v1/north/gw-1/env", b'{"v": 1, "x": ' + b"[" * 4000 + b"]" * 4000 + b"}", "recursion limit"),
+        ("cfg/v1/gw-1/reported", b'{"v": 1, "config": ' + b'{"a":' * 1500 + b"1" + b"}" * 1501, "recursion limit"),
+        ("state/v1/gw-1", b"[" * 5000, "recursion limit"),
+    ],
+)
+def test_the_contract_is_strict_and_every_timestamp_bounded(topic: str, payload: bytes, reason: str) -> None:
+    d = decoder.decode(topic, payload, NOW)
+    assert d.dead is not None
+    assert reason in d.dead.reason
+    assert (d.points, d.status, d.config) == (0, None, None)
+
+
+def test_copy_text_escapes_what_copy_would_misread_and_nothing_else() -> None:
+    assert copy_text("north") == "north"
+    assert copy_text("a\\b\tc\rd\ne") == "a\\\\b\\tc\\rd\\ne"
+
+
+def test_a_backslash_in_a_line_name_is_kept_escaped_for_copy() -> None:
+    body = {"v": 1, "device_id": "cam-1", "boot_id": "b\\1", "seq": 3, "counts": [
+        {"ts": NOW - 60_000, "interval_s": 60, "line": "north\\side", "class": "car", "direction": "in", "count": 7}]}
+    d = decoder.decode("tlm/v1/north/cam-1/counts", json.dumps(body).encode(), NOW)
+    assert d.dead is None
+    assert d.counts == [f"{_ts(NOW - 60_000)}\tcam-1\tnorth\\\\side\tcar\tin\t60\t7\tb\\\\1\n"]
+
+
+def test_an_unexpected_error_while_decoding_one_message_dead_letters_it() -> None:
+    """The per-message guard: a bug met by one payload (here: the device lookup itself) never escapes."""
+    def broken(device_id: str) -> KnownDevice | None:
+        raise KeyError(device_id)
+
+    d = Decoder(broken, 10_000, 300_000, 86_400_000).decode("tlm/v1/north/gw-1/env", _msg(), NOW)
+    assert d.dead is not None
+    assert d.dead.reason.startswith("could not decode (KeyError")
