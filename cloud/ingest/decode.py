@@ -171,6 +171,8 @@ class Decoder:
             t = topics.parse(topic)
         except topics.TopicError as e:
             raise _RejectError(str(e)) from None
+        if "\x00" in topic:  # never reaches the device lookup: the database would refuse it and we'd retry forever
+            raise _RejectError("topic contains a NUL character")
         out.device_id = t.device_id  # first: every dead letter of a device carries its id
         if len(payload) > self._max_payload:
             raise _RejectError(f"oversize payload: {len(payload)} bytes > limit {self._max_payload}")

@@ -152,6 +152,8 @@ def _raw(body: str) -> bytes:
         ("tlm/v1/north/gw-1/env", b'{"v": 1, "x": ' + b"[" * 4000 + b"]" * 4000 + b"}", "recursion limit"),
         ("cfg/v1/gw-1/reported", b'{"v": 1, "config": ' + b'{"a":' * 1500 + b"1" + b"}" * 1501, "recursion limit"),
         ("state/v1/gw-1", b"[" * 5000, "recursion limit"),
+        # a NUL in the topic would make the device lookup itself fail, and the batch be retried for ever
+        ("tlm/v1/north/gw-1\x00/env", _msg(), "topic contains a NUL character"),
     ],
 )
 def test_the_contract_is_strict_and_every_timestamp_bounded(topic: str, payload: bytes, reason: str) -> None:
