@@ -209,7 +209,8 @@ class BatchWriter:
                 return self._write_part(conn, part[:mid]) + self._write_part(conn, part[mid:])
             d = part[0]
             log.warning("database refused a message on %s: %s", d.topic, e)
-            self._dead_letters(conn, [DeadLetter(d.topic, f"database rejected: {e}", d.payload, d.device_id)])
+            reason = f"database rejected: {e}".replace("\x00", "")
+            self._dead_letters(conn, [DeadLetter(d.topic, reason, d.payload, d.device_id)])
             return 1
 
     def _write(self, conn: psycopg.Connection, batch: Sequence[Decoded], dedupe: bool) -> int:
