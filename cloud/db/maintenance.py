@@ -1,5 +1,6 @@
-"""Periodic upkeep: dead-letter retention on both backends; on the plain-PostgreSQL path also partitions
-ahead, retention and rollups (TimescaleDB does those three with its own policies).
+"""Periodic upkeep: dead-letter retention on both backends; on the plain-PostgreSQL path partitions ahead,
+retention and rollups; on TimescaleDB (whose policies do those) late data into the aggregates and policy
+jobs that lag (cloud/db/timescale_upkeep.py).
 
 Any number of ingest processes may call it; an advisory lock lets one do the work. Partition DDL waits
 for a lock at most LOCK_TIMEOUT, less than PostgreSQL's deadlock_timeout (1 s): behind a writer's
@@ -9,11 +10,14 @@ transaction upkeep gives up and tries again next pass, so a writer never meets i
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 
 import psycopg
 
-from cloud.db.migrate import current_backend
+from cloud.db.migrate import MIGRATION_LOCK_ID, current_backend
+from cloud.db.timescale_upkeep import TimescaleUpkeep, run_timescale_upkeep
+from cloud.db.upkeep_log import record_run
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +33,7 @@ class MaintenanceResult:
     partitions_created: int = 0
     partitions_dropped: int = 0
     rollup_minutes: int = 0
+    timescale: TimescaleUpkeep | None = None
     dead_letters_deleted: int = 0
     skipped: str | None = None  # a step that gave up waiting for a lock (done next pass)
 
@@ -37,29 +42,41 @@ def settings(conn: psycopg.Connection) -> dict[str, str]:
     return dict(conn.execute("SELECT key, value FROM ioc_settings").fetchall())
 
 
+def _try_lock(conn: psycopg.Connection, sql: str, lock_id: int) -> bool:
+    row = conn.execute(sql, (lock_id,)).fetchone()
+    return bool(row and row[0])
+
+
 def run_maintenance(conn: psycopg.Connection) -> MaintenanceResult:
-    """One pass; `conn` must be in autocommit mode."""
+    """One pass; `conn` must be in autocommit mode. Never beside a migration (shared migration lock):
+    its GRANTs racing TimescaleDB's chunk updates fail with "tuple concurrently updated"."""
     backend = current_backend(conn)
-    if backend is None:
-        return MaintenanceResult(ran=False)
-    locked = conn.execute("SELECT pg_try_advisory_lock(%s)", (_LOCK_ID,)).fetchone()
-    if not locked or not locked[0]:
+    if backend is None or not _try_lock(conn, "SELECT pg_try_advisory_lock(%s)", _LOCK_ID):
         return MaintenanceResult(ran=False)
     try:
-        cfg = settings(conn)
-        res = MaintenanceResult(ran=True)
-        res.dead_letters_deleted = trim_dead_letters(conn, int(cfg.get("dead_letter_retention_days", "14")))
-        if backend == "postgres":
+        if not _try_lock(conn, "SELECT pg_try_advisory_lock_shared(%s)", MIGRATION_LOCK_ID):
+            return MaintenanceResult(ran=False)
+        try:
+            deleted = trim_dead_letters(conn, int(settings(conn).get("dead_letter_retention_days", "14")))
+            if deleted:
+                log.info("maintenance: %d dead letters past retention deleted", deleted)
+            if backend == "timescale":
+                return MaintenanceResult(ran=True, timescale=run_timescale_upkeep(conn), dead_letters_deleted=deleted)
+            started = time.monotonic()
             try:
-                _partitions_and_rollups(conn, cfg, res)
+                res = _plain_upkeep(conn)
             except psycopg.errors.LockNotAvailable as e:
-                res.skipped = f"waited over {LOCK_TIMEOUT} for a lock ({e.diag.message_primary}); next pass"
+                res = MaintenanceResult(ran=True, skipped=f"waited over {LOCK_TIMEOUT} for a lock "
+                                                          f"({e.diag.message_primary}); next pass")
                 log.info("maintenance: %s", res.skipped)
-        if res.partitions_created or res.partitions_dropped or res.rollup_minutes or res.dead_letters_deleted:
-            log.info("maintenance: %d partitions created, %d dropped, %d rollup minutes recomputed, "
-                     "%d dead letters past retention deleted", res.partitions_created, res.partitions_dropped,
-                     res.rollup_minutes, res.dead_letters_deleted)
-        return res
+            except psycopg.Error as e:
+                record_run(conn, "postgres-upkeep", "Partitions, retention and rollups", started, str(e).strip())
+                raise
+            record_run(conn, "postgres-upkeep", "Partitions, retention and rollups", started, None)  # skip: ok
+            res.dead_letters_deleted = deleted
+            return res
+        finally:
+            conn.execute("SELECT pg_advisory_unlock_shared(%s)", (MIGRATION_LOCK_ID,))
     finally:
         conn.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_ID,))
 
@@ -77,9 +94,11 @@ def trim_dead_letters(conn: psycopg.Connection, retention_days: int) -> int:
             return deleted
 
 
-def _partitions_and_rollups(conn: psycopg.Connection, cfg: dict[str, str], res: MaintenanceResult) -> None:
+def _plain_upkeep(conn: psycopg.Connection) -> MaintenanceResult:
+    cfg = settings(conn)
     ahead = int(cfg.get("partition_days_ahead", "7"))
     retention = int(cfg.get("retention_days", "90"))
+    res = MaintenanceResult(ran=True)
     for table in PARTITIONED:
         with conn.transaction():
             conn.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
@@ -102,3 +121,7 @@ def _partitions_and_rollups(conn: psycopg.Connection, cfg: dict[str, str], res: 
     with conn.transaction():
         row = conn.execute("SELECT ioc_refresh_rollups()").fetchone()
         res.rollup_minutes = row[0] if row else 0
+    if res.partitions_created or res.partitions_dropped or res.rollup_minutes:
+        log.info("maintenance: %d partitions created, %d dropped, %d rollup minutes recomputed",
+                 res.partitions_created, res.partitions_dropped, res.rollup_minutes)
+    return res
