@@ -11,15 +11,13 @@ import psycopg
 import pytest
 
 from cloud.db.maintenance import run_maintenance
-from cloud.db.migrate import current_backend
 from ioc.stack import Stack
 
 
+@pytest.mark.backend_only("postgres")  # partition upkeep is the plain-PostgreSQL path
 def test_upkeep_steps_aside_while_a_writer_holds_the_partition_it_needs(
     stack: Stack, db: psycopg.Connection, register_device: object
 ) -> None:
-    if current_backend(db) != "postgres":
-        pytest.skip("partition upkeep is the plain-PostgreSQL path")
     dev = f"lk-{uuid.uuid4().hex[:8]}"
     register_device(dev)  # type: ignore[operator]
     run_maintenance(db)  # partitions for today and the week ahead exist
