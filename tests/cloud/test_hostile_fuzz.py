@@ -81,6 +81,12 @@ def test_ingest_survives_hostile_payloads_on_every_device_topic_and_stores_every
         register_devices(conn, fleet.registrations() + [(d, s, p.profile) for d, s, p in hostile_devs])
     now = now_ms()
     corpus = hostile_corpus(hostile_devs, per_device=40, now=now, seed=int(tag, 16))
+    # ...and on topics no registered device owns: made-up ids, ids no device could have.
+    valid_body = b'{"v": 1, "device_id": "x", "boot_id": "b", "seq": 1, "samples": [{"ts": 1, "values": {"pm25": 1}}]}'
+    junk_topics = [f"tlm/v1/district-01/ghost{tag}-{i}/env" for i in range(3)] + [
+        f"tlm/v1/district-01/{'g' * 300}{tag}/env", f"state/v1/ghost {tag}", f"evt/v1/s/ghost{tag}/\\",
+        f"cfg/v1/ghost{tag}-é😀/reported"]
+    corpus += [Hostile(t, valid_body, "unknown-device") for t in junk_topics]
     proc = spawn_ingest()  # type: ignore[operator]
     proc.start()
     wait_until(lambda: "connected to mqtt" in proc.log(), what="ingest connected")
@@ -104,8 +110,8 @@ def test_ingest_survives_hostile_payloads_on_every_device_topic_and_stores_every
     must_die = [h for h in corpus if h.expects_dead_letter]
 
     def missing() -> list[Hostile]:
-        rows = db.execute("SELECT topic, payload, payload_size FROM dead_letters WHERE device_id = ANY(%s)",
-                          (hostile_ids,)).fetchall()
+        rows = db.execute("SELECT topic, payload, payload_size FROM dead_letters WHERE device_id = ANY(%s)"
+                          " OR topic = ANY(%s)", (hostile_ids, junk_topics)).fetchall()
         seen = {(t, bytes(p), n) for t, p, n in rows}
         return [h for h in must_die if (h.topic, h.payload[:64 * 1024], len(h.payload)) not in seen]
 
