@@ -58,8 +58,6 @@ def test_hostile_commands_are_refused_with_a_reason_and_the_agent_carries_on(
         sent: dict[bytes, str] = {}
         for i, chosen in enumerate(itertools.chain(BODY_MUTATIONS, (rng.choice(BODY_MUTATIONS) for _ in range(45)))):
             mutation, payload = hostile_variant(VALID_ARGS, rng, chosen)
-            if mutation == "control" and b"co2" not in payload:  # a tab after the interval is no mutation
-                continue
             corr = f"h{i}".encode()
             sent[corr] = mutation
             _request(watcher, "set-interval", payload, corr)
