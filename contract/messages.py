@@ -107,4 +107,16 @@ class StatusMessage(_Wire):
     reason: Annotated[str, Field(max_length=256)] | None = None
 
 
+class CommandReply(_Wire):
+    """Published by a device to a command's MQTT 5 response topic, with the request's correlation data."""
+
+    v: SchemaVersion = 1
+    device_id: DeviceId
+    command: str  # as the topic named it, whatever it was: an unknown command gets its reply too
+    ok: bool
+    ts: EpochMs
+    result: dict[str, Any] = Field(default_factory=dict)
+    error: str | None = None
+
+
 COUNTS_STREAM = "counts"

@@ -30,7 +30,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic_core import from_json
 
-from contract.messages import EpochMs, now_ms
+from contract.messages import CommandReply, EpochMs, now_ms
 from contract.profiles import DeviceProfile
 from edge.config import ConfigError, MetricSettings, Settings, check_settings
 
@@ -59,18 +59,6 @@ class ReportedConfig(BaseModel):
     desired_version: int | None = Field(default=None, description="the version that was offered")
     error: str | None = None
     settings: Settings
-
-
-class CommandReply(BaseModel):
-    """Published to the request's response topic. Proposed for contract/messages.py."""
-
-    v: Literal[1] = 1
-    device_id: str
-    command: str
-    ok: bool
-    ts: EpochMs
-    result: dict[str, Any] = Field(default_factory=dict)
-    error: str | None = None
 
 
 class SetInterval(BaseModel):
