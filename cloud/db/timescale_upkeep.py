@@ -108,9 +108,23 @@ def run_lagging_jobs(conn: psycopg.Connection) -> tuple[int, int]:
     return ran, failed
 
 
+def sync_retention(conn: psycopg.Connection) -> int:
+    """ioc_settings.retention_days is the one home of retention: every retention policy follows it."""
+    changed = conn.execute(
+        "SELECT alter_job(j.job_id, config => jsonb_set(j.config, '{drop_after}', to_jsonb(r.days || ' days')))"
+        " FROM timescaledb_information.jobs j,"
+        "      (SELECT value AS days FROM ioc_settings WHERE key = 'retention_days') r"
+        " WHERE j.proc_name = 'policy_retention'"
+        "   AND (j.config->>'drop_after')::interval <> make_interval(days => r.days::int)").fetchall()
+    if changed:
+        log.info("retention policies set to ioc_settings.retention_days (%d changed)", len(changed))
+    return len(changed)
+
+
 def run_timescale_upkeep(conn: psycopg.Connection) -> TimescaleUpkeep:
     """One pass; `conn` in autocommit mode (refresh and run_job refuse to run inside a transaction block)."""
     res = TimescaleUpkeep()
+    sync_retention(conn)
     started, error = time.monotonic(), None
     try:
         res.late_minutes, res.refresh_calls = refresh_late_aggregates(conn)
