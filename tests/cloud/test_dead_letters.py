@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import io
 import uuid
 
 import psycopg
+from rich.console import Console
 
 from cloud.db.maintenance import run_maintenance
 from cloud.ingest.deadletters import DEAD_PAYLOAD_KEEP, TRUNCATED_KEEP, DeadLetterLimiter
@@ -15,6 +17,7 @@ from contract.messages import now_ms
 from contract.profiles import get_profile
 from ioc.stack import Stack
 from ioc.status import read_status
+from ioc.views import status_view
 
 MINUTE = 60_000
 
@@ -84,6 +87,10 @@ def test_dead_letters_past_retention_are_deleted_and_the_size_shows_in_status(
                (f"x/{tag}/0", f"x/{tag}/1"))
     before = read_status(db)
     assert before.dead_letter_bytes > 0
+    console = Console(width=120, record=True, file=io.StringIO())
+    console.print(status_view(before))
+    line = next(ln for ln in console.export_text().splitlines() if "dead letters" in ln)
+    assert f"({before.dead_letter_bytes / 1e6:,.1f} MB)" in line  # what `ioc status` shows
     assert run_maintenance(db).dead_letters_deleted >= 2  # the default retention: 14 days
     left = db.execute("SELECT topic FROM dead_letters WHERE topic LIKE %s ORDER BY topic", (f"x/{tag}/%",)).fetchall()
     assert left == [(f"x/{tag}/2",), (f"x/{tag}/3",)]
