@@ -135,7 +135,7 @@ class MqttConsumer:
                 break
 
     def _loop_once(self, c: mqtt.Client) -> MQTTErrorCode:
-        bound = self._s.receive_maximum
+        bound = self._s.max_in_flight or self._s.receive_maximum
         if self._session_up:
             waiting = self._in_flight()
             if not self.paused and waiting >= bound:

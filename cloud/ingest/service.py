@@ -271,6 +271,11 @@ class IngestService:
             self._on_commit(decoded, committed)
 
     # -- side loops --------------------------------------------------------------------------
+    @property
+    def reading_paused(self) -> bool:
+        """True while the in-flight bound holds the socket unread (see cloud/ingest/consumer.py)."""
+        return self._consumer.paused
+
     def in_flight(self) -> int:
         """Messages received and not yet acknowledged: waiting for a batch, being decoded or written."""
         with self._cond:

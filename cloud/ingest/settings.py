@@ -35,7 +35,11 @@ class IngestSettings(BaseSettings):
         "that keeps them (EMQX, HiveMQ), see docs/operations.md.",
     )
     session_expiry_s: int = Field(default=7 * 24 * 3600, description="how long the broker queues for us while away")
-    receive_maximum: int = Field(default=20000, ge=1, le=65535, description="unacknowledged messages in flight")
+    receive_maximum: int = Field(default=20000, ge=1, le=65535,
+                                 description="unacknowledged messages in flight, as asked of the broker")
+    max_in_flight: int | None = Field(default=None, ge=1, description="ingest stops reading the socket at this "
+                                      "many unacknowledged messages (brokers may ignore Receive Maximum); "
+                                      "None: receive_maximum")
     writers: int = Field(default=2, ge=1, le=16,
                          description="database connections committing batches in parallel; acks stay in order")
     batch_max_messages: int = Field(default=4000, ge=1, description="flush a batch at this many messages")

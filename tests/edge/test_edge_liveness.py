@@ -63,7 +63,7 @@ def test_sigkill_marks_the_agent_offline_through_its_will(
     born = wait_for(lambda: (s := _status(db, device)) and s[0] and s, what="birth stored: online")
     agent_proc.kill()
     agent_proc.wait(30)
-    online, reason, _silent, boot, status_ts = wait_for(
+    _online, reason, _silent, boot, status_ts = wait_for(
         lambda: (s := _status(db, device)) and not s[0] and s, what="will stored: offline"
     )
     assert reason == "connection lost"
@@ -78,7 +78,7 @@ def test_a_stopped_agent_is_marked_silent_and_unmarked_when_it_resumes(
     wait_for(lambda: db.execute("SELECT 1 FROM device_config_reported WHERE device_id = %s", (device,)).fetchone(),
              what="reported config (its heartbeat period) stored")
     agent_proc.send_signal(signal.SIGSTOP)  # hung: no heartbeat, no will, socket still open
-    online, _reason, silent_since, *_ = wait_for(
+    online, _reason, _silent_since, *_ = wait_for(
         lambda: (s := _status(db, device)) and s[2] is not None and s, timeout=90, what="marked silent"
     )
     assert online, "no will came: the status still says online, the silence mark says otherwise"
