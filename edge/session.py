@@ -8,7 +8,8 @@ exponential backoff capped at `backoff_max_s`.
 
 `connected` becomes true only on a successful CONNACK (a refused CONNECT is logged with its reason
 code and retried with backoff), and false as soon as the link drops. On connect: subscribe to the
-device's desired-config and command topics, publish the retained birth (`StatusMessage` online),
+device's desired-config and command topics and its watermark (`ack/v1/{id}`, handed to the drainer),
+publish the retained birth (`StatusMessage` online, the will's timestamp),
 and reset the drainer so unacknowledged rows are sent again. The last will (retained offline
 status) is set on every client; a clean `stop()` publishes the offline status itself.
 """
