@@ -216,21 +216,33 @@ class Outbox:
         return len(sizes)
 
     def _drop_over_bytes(self) -> int:
-        """Inside a transaction: delete the oldest rows until the byte bound holds."""
+        """Inside a transaction: delete rows until the byte bound holds. Rows the broker already has go
+        first (only a broker crash could still lose them), oldest first; then unsent rows, oldest first,
+        which is data lost and counted. Returns the unsent rows dropped."""
         dropped = 0
         while self._bytes > self.max_bytes and self._rows > 0:
             excess = self._bytes - self.max_bytes
-            cut, acc = None, 0
-            for row_id, size in self._db.execute("SELECT id, size FROM outbox ORDER BY id LIMIT 5000"):
+            ids, acc = [], 0
+            for row_id, size in self._db.execute(
+                f"SELECT id, size FROM outbox ORDER BY state = {AT_BROKER} DESC, id LIMIT 5000"
+            ):
                 acc += size
-                cut = row_id
+                ids.append(row_id)
                 if acc >= excess:
                     break
-            if cut is None:
+            if not ids:
                 break
-            sizes = self._db.execute("DELETE FROM outbox WHERE id <= ? RETURNING size", (cut,)).fetchall()
-            self._note_drops(sizes)
-            dropped += len(sizes)
+            for i in range(0, len(ids), 900):
+                chunk = ids[i : i + 900]
+                rows = self._db.execute(
+                    f"DELETE FROM outbox WHERE id IN ({','.join('?' * len(chunk))}) RETURNING size, state", chunk
+                ).fetchall()
+                released = [(size,) for size, st in rows if st == AT_BROKER]
+                self._rows -= len(released)
+                self._bytes -= sum(r[0] for r in released)
+                unsent = [(size,) for size, st in rows if st != AT_BROKER]
+                self._note_drops(unsent)
+                dropped += len(unsent)
         return dropped
 
     def _note_drops(self, sizes: list[tuple[int]]) -> None:

@@ -331,8 +331,10 @@ class IngestService:
         while not self._stopping.is_set():
             try:
                 with psycopg.connect(self.settings.dsn, autocommit=True, connect_timeout=3) as conn:
-                    run_maintenance(conn)
-                    mark_silent(conn, self.settings.silent_after_heartbeats)
+                    try:
+                        run_maintenance(conn)
+                    finally:  # liveness does not wait for partitions or policies to succeed
+                        mark_silent(conn, self.settings.silent_after_heartbeats)
             except psycopg.Error as e:
                 log.warning("maintenance failed: %s", e)
             if self._stopping.wait(self.settings.maintenance_interval_s):

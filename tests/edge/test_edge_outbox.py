@@ -262,3 +262,17 @@ def _all_rows(ob: Outbox) -> list[Row]:
     """Rows in any state, read from the file as another process would."""
     with sqlite3.connect(ob.path) as db:
         return [Row(*r) for r in db.execute("SELECT id, kind, leaf, body FROM outbox ORDER BY id")]
+
+
+def test_the_byte_bound_lets_go_of_rows_the_broker_has_before_unsent_ones(tmp_path: Path) -> None:
+    one = len(_rec(100).body)
+    ob = _open(tmp_path, max_bytes=one * 6)
+    d = _wm_drainer(ob, resend_after_s=3600)
+    ob.put([_rec(i) for i in range(100, 104)], now_ms=0)
+    _send_all(d)  # four rows at the broker, waiting for a watermark
+    ob.put([_rec(i) for i in range(200, 204)], now_ms=0)  # four unsent: over the bound by two
+    assert ob.dropped_total == 0  # rows at the broker went first: nothing lost yet
+    assert sorted(json.loads(r.body)["ts"] for r in _all_rows(ob)) == [102, 103, 200, 201, 202, 203]
+    ob.put([_rec(i) for i in range(300, 305)], now_ms=0)
+    assert ob.dropped_total == 3  # then the oldest unsent ones, counted
+    assert sorted(json.loads(r.body)["ts"] for r in _all_rows(ob)) == [203, 300, 301, 302, 303, 304]
