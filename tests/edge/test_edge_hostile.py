@@ -125,3 +125,23 @@ def test_hostile_desired_configs_are_rejected_with_a_reason_even_retained_at_sta
     finally:
         runner.stop()
         watcher.client.publish(desired, b"", qos=1, retain=True)
+
+
+def test_hostile_watermarks_are_ignored_and_the_agent_keeps_sending(
+    mqtt_broker: Broker, watcher: Watcher, tmp_path: Path
+) -> None:
+    """Junk on the device's own watermark topic (ack/v1/{id}): logged and ignored, never fatal."""
+    watcher.subscribe(f"tlm/v1/{SITE}/{DEV}/#")
+    runner = _agent(mqtt_broker, tmp_path)
+    try:
+        valid = {"v": 1, "device_id": DEV, "ts": 1_800_000_000_000, "instance": "ingest-x",
+                 "boots": [{"boot_id": "other-boot", "seq": 5, "ranges": [[0, 5]]}]}
+        rng = random.Random(13)
+        for mutation in (*BODY_MUTATIONS, *(rng.choice(BODY_MUTATIONS) for _ in range(15))):
+            watcher.client.publish(f"ack/v1/{DEV}", hostile_variant(valid, rng, mutation)[1], qos=1)
+        seen = len(watcher.on(f"tlm/v1/{SITE}/{DEV}/env"))
+        wait_for(lambda: len(watcher.on(f"tlm/v1/{SITE}/{DEV}/env")) > seen + 5, what="telemetry still flowing")
+        assert _alive(runner)
+        assert runner.agent.session.connected
+    finally:
+        runner.stop()
