@@ -30,7 +30,10 @@ def envelope_key(payload: bytes) -> tuple[str, int] | None:
     and the top-level keys are taken. None when the message has no usable envelope."""
     boots, seqs = _BOOT.findall(payload), _SEQ.findall(payload)
     if len(boots) == 1 and len(seqs) == 1:
-        return boots[0].decode(), int(seqs[0])
+        try:
+            return boots[0].decode(), int(seqs[0])
+        except UnicodeDecodeError:  # a payload that is not UTF-8 (found by tests/cloud/test_hostile_fuzz.py)
+            return None
     if not boots or not seqs:
         return None
     try:

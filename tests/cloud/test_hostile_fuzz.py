@@ -103,7 +103,10 @@ def test_ingest_survives_hostile_payloads_on_every_device_topic_and_stores_every
         assert pub.drain(60), "broker did not acknowledge the valid traffic"
     expected = pub.sent.points()
     expected_counts = pub.sent.counts()
-    wait_until(lambda: total_rows(db, valid_ids) >= len(expected), timeout=120, what="all valid points stored")
+    try:
+        wait_until(lambda: total_rows(db, valid_ids) >= len(expected), timeout=120, what="all valid points stored")
+    except AssertionError as e:
+        raise AssertionError(f"{e}\ningest log:\n{proc.log()[-4000:]}") from None
     wait_until(lambda: len(stored_counts(db, valid_ids)) >= len(expected_counts), timeout=60, what="valid counts")
 
     hostile_ids = [d for d, _, _ in hostile_devs]
