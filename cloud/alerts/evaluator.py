@@ -1,0 +1,130 @@
+"""One evaluation cycle: each rule's set-based query over all its devices, then the transitions.
+
+Per (rule, device) the evaluator knows one of: nothing, pending (the condition holds since `since`, not yet
+for the rule's duration; persisted in alert_eval_state so a restart or a takeover keeps the clock), or an
+active alarm (read from alarms every cycle, so operators' clears are seen). Transitions of one rule commit
+in one transaction with the alarm rows and their history (the notification outbox).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+import psycopg
+
+from cloud.alerts.rules import Rule
+from cloud.alerts.store import Raise, clear_alarm, raise_alarms
+
+log = logging.getLogger(__name__)
+
+Key = tuple[str, str]  # (rule, device_id)
+
+
+@dataclass
+class CycleResult:
+    raised: int = 0
+    cleared: int = 0
+    pending: int = 0
+    errors: list[str] = field(default_factory=list)
+
+
+class Evaluator:
+    def __init__(self, actor: str) -> None:
+        self.actor = actor
+        self.pending: dict[Key, datetime] = {}
+        self._loaded = False
+
+    def load_state(self, conn: psycopg.Connection) -> None:
+        """On becoming active: take over the pending clocks the previous evaluator persisted."""
+        rows = conn.execute("SELECT rule, device_id, since FROM alert_eval_state").fetchall()
+        conn.commit()
+        self.pending = {(r, d): s for r, d, s in rows}
+        self._loaded = True
+
+    def forget_rules_except(self, conn: psycopg.Connection, names: set[str]) -> None:
+        """A rule removed from the files leaves no pending clock behind (its active alarms stay for operators)."""
+        stale = [k for k in self.pending if k[0] not in names]
+        if stale:
+            conn.execute("DELETE FROM alert_eval_state WHERE NOT (rule = ANY(%s))", (sorted(names),))
+            conn.commit()
+            for k in stale:
+                del self.pending[k]
+
+    def cycle(self, conn: psycopg.Connection, rules: Sequence[Rule]) -> CycleResult:
+        if not self._loaded:
+            self.load_state(conn)
+        out = CycleResult()
+        active = {(r, d): i for i, r, d in conn.execute(
+            "SELECT id, rule, device_id FROM alarms WHERE cleared_at IS NULL").fetchall()}
+        conn.commit()
+        for rule in rules:
+            try:
+                self._rule(conn, rule, active, out)
+            except psycopg.errors.Error as e:
+                if conn.closed or conn.broken:
+                    raise
+                conn.rollback()
+                msg = f"rule {rule.name}: {type(e).__name__}: {e}".strip()
+                log.error("%s", msg)
+                out.errors.append(msg)
+        out.pending = len(self.pending)
+        return out
+
+    def _rule(self, conn: psycopg.Connection, rule: Rule, active: dict[Key, int], out: CycleResult) -> None:
+        tracked = sorted({d for (r, d) in self.pending if r == rule.name} | {d for (r, d) in active if r == rule.name})
+        sql, params = rule.query()
+        with conn.cursor() as cur:
+            rows = cur.execute(sql, {**params, "tracked": tracked}).fetchall()
+            (now,) = cur.execute("SELECT now()").fetchone() or (None,)
+            assert now is not None
+            seen: set[str] = set()
+            start: list[tuple[str, str, datetime, float | None]] = []
+            stop: list[str] = []
+            raises: list[Raise] = []
+            clears: list[tuple[int, float | None]] = []
+            hold = timedelta(seconds=rule.for_s)
+            for device_id, site, value, value_ts, cond, clr in rows:
+                seen.add(device_id)
+                key = (rule.name, device_id)
+                if key in active:
+                    if clr:
+                        clears.append((active[key], value))
+                    continue
+                if not cond:
+                    if key in self.pending:
+                        stop.append(device_id)
+                    continue
+                since = self.pending.get(key)
+                if since is None:
+                    # The condition's clock starts at the reading that first showed it (not at our poll).
+                    since = min(value_ts, now) if isinstance(value_ts, datetime) else now
+                    start.append((rule.name, device_id, since, value))
+                if now - since >= hold:
+                    raises.append(Raise(rule.name, device_id, site, rule.kind, rule.severity, rule.message(value),
+                                        value, since))
+                    stop.append(device_id)
+            # Pending devices that returned no row have no current reading: the condition is not observed.
+            stop += [d for (r, d) in self.pending if r == rule.name and d not in seen]
+            starting = {d for _, d, _, _ in start}
+            stop = [d for d in dict.fromkeys(stop) if (rule.name, d) in self.pending or d in starting]
+            if not (start or stop or raises or clears):
+                conn.commit()
+                return
+            if start:
+                cur.executemany("INSERT INTO alert_eval_state (rule, device_id, since, value) VALUES (%s, %s, %s, %s)"
+                                " ON CONFLICT (rule, device_id) DO UPDATE SET since = EXCLUDED.since,"
+                                " value = EXCLUDED.value", start)
+            if stop:
+                cur.execute("DELETE FROM alert_eval_state WHERE rule = %s AND device_id = ANY(%s)", (rule.name, stop))
+            new_ids = raise_alarms(cur, raises, self.actor)
+            cleared = sum(clear_alarm(cur, alarm_id, self.actor, value) for alarm_id, value in clears)
+        conn.commit()
+        for r, d, s, _ in start:
+            self.pending[(r, d)] = s
+        for d in stop:
+            self.pending.pop((rule.name, d), None)
+        out.raised += len(new_ids)
+        out.cleared += cleared
