@@ -131,6 +131,8 @@ class Notifier:
         self._status.close()
 
     def _publish(self, n: AlarmNotice) -> bool:
+        if not self._mqtt.is_connected():
+            return False
         info = self._mqtt.publish(alarm_topic(n.site, n.device_id, n.rule), n.model_dump_json(), qos=1, retain=True)
         if info.rc != mqtt.MQTT_ERR_SUCCESS:
             return False
