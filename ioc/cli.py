@@ -18,6 +18,7 @@ from rich.table import Table
 from ioc.alerts_cli import alerts_app
 from ioc.endpoints import resolve, resolve_dsn
 from ioc.grafana_cli import grafana_app
+from ioc.report import report_command
 from ioc.stack import Stack, StackError
 
 console = Console()
@@ -30,6 +31,7 @@ app.add_typer(db_app, name="db")
 app.add_typer(devices_app, name="devices")
 app.add_typer(alerts_app, name="alerts")
 app.add_typer(grafana_app, name="grafana")
+app.command("report")(report_command)
 
 StackDir = Annotated[Path | None, typer.Option("--dir", help="stack folder (default .ioc or $IOC_STACK_DIR)")]
 Dsn = Annotated[str | None, typer.Option(help="database URL (default: IOC_DSN or the local stack)")]
