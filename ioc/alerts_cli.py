@@ -117,7 +117,7 @@ def clear(alarm_id: int, by: Annotated[str, typer.Option("--by", help="who clear
 
 
 @alerts_app.command("test")
-def test(rules: RulesDir = None, dsn: Dsn = None, directory: StackDir = None,
+def check_rules(rules: RulesDir = None, dsn: Dsn = None, directory: StackDir = None,
          against_db: Annotated[bool, typer.Option("--db/--no-db", help="also run each rule's query")] = False,
          ) -> None:
     """Validate the rule files; with --db, run each rule's query and show the devices it matches now."""

@@ -79,6 +79,9 @@ def charts(d: ReportData) -> dict[str, bytes]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.dates import date2num
+
+    span = (float(date2num(d.frm)), float(date2num(d.to)))
 
     out: dict[str, bytes] = {}
     fig, ax = plt.subplots(figsize=(10, 4))
@@ -90,9 +93,10 @@ def charts(d: ReportData) -> dict[str, bytes]:
                     va="center", fontsize=8)
     for site in sorted({s for _, s, _ in d.aqi}):
         pts = [(h, a) for h, s, a in d.aqi if s == site]
-        ax.step([h for h, _ in pts], [a for _, a in pts], where="post", label=site, lw=1.5)
+        ax.step(date2num([h for h, _ in pts]), [a for _, a in pts], where="post", label=site, lw=1.5)
     ax.set_ylim(0, min(500, top * 1.1))
-    ax.set_xlim(d.frm, d.to)
+    ax.set_xlim(*span)
+    ax.xaxis_date()
     ax.set_ylabel("VN_AQI (hourly)")
     ax.set_title("VN_AQI per site (worst station), Decision 1459/QĐ-TCMT")
     if d.aqi:
@@ -108,10 +112,11 @@ def charts(d: ReportData) -> dict[str, bytes]:
     for site in sites:
         vals = {h: n for h, s, n in d.traffic if s == site}
         ys = [vals.get(h, 0) for h in hours]
-        ax.bar(hours, ys, width=1 / 26, bottom=[bottom[h] for h in hours], label=site)
+        ax.bar(date2num(hours), ys, width=1 / 26, bottom=[bottom[h] for h in hours], label=site)
         for h, y in zip(hours, ys, strict=True):
             bottom[h] += y
-    ax.set_xlim(d.frm, d.to)
+    ax.set_xlim(*span)
+    ax.xaxis_date()
     ax.set_ylabel("vehicles per hour")
     ax.set_title("Traffic volume per site")
     if sites:
@@ -122,9 +127,9 @@ def charts(d: ReportData) -> dict[str, bytes]:
 
     fig, ax = plt.subplots(figsize=(7, 6))
     for online, colour, label in ((True, "#1a9850", "online"), (False, "#d73027", "offline")):
-        pts = [(lon, lat) for _, _, lat, lon, on in d.devices if on == online]
-        if pts:
-            ax.scatter([p[0] for p in pts], [p[1] for p in pts], s=18, c=colour, label=label, zorder=3)
+        where = [(lon, lat) for _, _, lat, lon, on in d.devices if on == online]
+        if where:
+            ax.scatter([p[0] for p in where], [p[1] for p in where], s=18, c=colour, label=label, zorder=3)
     for site, lat, lon in d.sites:
         ax.annotate(site, (lon, lat), textcoords="offset points", xytext=(6, 6), fontsize=8, weight="bold")
     ax.ticklabel_format(useOffset=False, style="plain")

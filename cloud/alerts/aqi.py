@@ -66,7 +66,7 @@ def band_by_key(key: str) -> Band:
 
 def round_half_up(x: float) -> int:
     """'Làm tròn thành số nguyên': half away from zero, as people round (Python's round() is banker's)."""
-    return int(math.floor(x + 0.5))
+    return math.floor(x + 0.5)
 
 
 def nowcast(hourly: Sequence[float | None]) -> float | None:

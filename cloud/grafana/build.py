@@ -21,9 +21,11 @@ PROFILE = "d.profile = ANY(ARRAY[${profile:sqlstring}]::text[])"
 DEVICE = "d.device_id = ANY(ARRAY[${device:sqlstring}]::text[])"
 SELECTED = f"{SITE} AND {PROFILE} AND {DEVICE}"
 SELECTED_NO_PROFILE = f"{SITE} AND {DEVICE}"
+PER_SERIES = f"\nJOIN devices d USING (device_id)\nWHERE {SELECTED}\nGROUP BY 1, 2\nORDER BY 1, 2"
+GREEN = [{"color": "green", "value": None}]
 
 # VN_AQI bands of Decision 1459/QĐ-TCMT, Table 1, with the official RGB colours.
-AQI_STEPS = [{"color": "#00E400", "value": None}, {"color": "#FFFF00", "value": 51},
+AQI_STEPS: list[dict[str, Any]] = [{"color": "#00E400", "value": None}, {"color": "#FFFF00", "value": 51},
              {"color": "#FF7E00", "value": 101}, {"color": "#FF0000", "value": 151},
              {"color": "#8F3F97", "value": 201}, {"color": "#7E0023", "value": 301}]
 SEVERITY = ("critical", "major", "minor", "warning")
@@ -53,7 +55,7 @@ def panel(pid: int, ptype: str, title: str, pos: tuple[int, int, int, int], targ
           ) -> dict[str, Any]:
     x, y, w, h = pos
     defaults: dict[str, Any] = {"custom": custom or {}, "unit": unit,
-                                "thresholds": {"mode": "absolute", "steps": steps or [{"color": "green", "value": None}]}}
+                                "thresholds": {"mode": "absolute", "steps": steps or GREEN}}
     defaults.update(extra_defaults or {})
     return {"id": pid, "type": ptype, "title": title, "description": description, "datasource": DS,
             "gridPos": {"h": h, "w": w, "x": x, "y": y},
@@ -122,8 +124,8 @@ def environment() -> dict[str, Any]:
         f"FROM ({AQI_NOW}) a\nJOIN devices d ON d.device_id = a.device_id\nWHERE {SELECTED}\n"
         "ORDER BY a.aqi DESC, a.device_id", "table")],
         "Latest hour per station, with the parameter of the highest AQIx (the decision asks to publish it).",
-        steps=AQI_STEPS, overrides=[{"matcher": {"id": "byName", "options": "VN_AQI"},
-                                     "properties": [{"id": "custom.cellOptions", "value": {"type": "color-background"}}]}]))
+        steps=AQI_STEPS, overrides=[{"matcher": {"id": "byName", "options": "VN_AQI"}, "properties": [
+            {"id": "custom.cellOptions", "value": {"type": "color-background"}}]}]))
     p.append(row(4, "Particulate matter against QCVN 05:2023/BTNMT", 10))
     for pid, metric, label, limit, x in ((5, "pm25", "PM2.5", 45, 0), (6, "pm10", "PM10", 100, 12)):
         hourly = ("SELECT r.bucket, d.site, sum(r.total) / sum(r.n) AS v FROM telemetry_1h r"
@@ -131,20 +133,21 @@ def environment() -> dict[str, Any]:
                   f" WHERE r.metric = '{metric}' AND r.bucket >= $__timeFrom()::timestamptz - interval '23 hours'"
                   f" AND r.bucket <= $__timeTo()::timestamptz AND {SELECTED} GROUP BY 1, 2")
         p.append(panel(pid, "timeseries", f"{label} hourly and 24-h mean vs QCVN 05:2023 (µg/m³)", (x, 11, 12, 9), [
-            target(f"SELECT $__timeGroupAlias(r.bucket, $__interval), d.site AS metric, sum(r.total) / sum(r.n) AS \"{label}\"\n"
-                   f"FROM {rollup(metric)}\nJOIN devices d USING (device_id)\nWHERE {SELECTED}\nGROUP BY 1, 2\nORDER BY 1, 2"),
+            target("SELECT $__timeGroupAlias(r.bucket, $__interval), d.site AS metric,"
+                   f" sum(r.total) / sum(r.n) AS \"{label}\"\n"
+                   f"FROM {rollup(metric)}{PER_SERIES}"),
             target(f"SELECT h.bucket AS \"time\", h.site || ' 24-h mean' AS metric, avg(h.v) OVER (PARTITION BY h.site"
                    " ORDER BY h.bucket RANGE BETWEEN interval '23 hours' PRECEDING AND CURRENT ROW) AS \"24-h mean\"\n"
                    f"FROM ({hourly}) h\nORDER BY 1, 2", ref="B")],
             f"Red line: QCVN 05:2023/BTNMT Table 1 24-hour limit, {limit} µg/m³"
             + (" (50 before 2026-01-01)" if metric == "pm25" else "") + "; compare the 24-h mean with it.",
-            unit="conμgm3", steps=[{"color": "green", "value": None}, {"color": "red", "value": limit}],
+            unit="conμgm3", steps=[*GREEN, {"color": "red", "value": limit}],
             custom={**LINE, "axisSoftMin": 0, "thresholdsStyle": {"mode": "dashed"}}))
     p.append(row(7, "Noise against QCVN 26:2010/BTNMT, water level against site warning levels", 20))
     p.append(panel(8, "timeseries", "Noise Leq by site vs QCVN 26:2010 day/night limit (dB(A))", (0, 21, 12, 9), [
         target("SELECT $__timeGroupAlias(r.bucket, $__interval), d.site AS metric,"
                " 10 * log10(sum(r.n * power(10, r.mean / 10)) / sum(r.n)) AS \"Leq\"\n"
-               f"FROM {rollup('noise')}\nJOIN devices d USING (device_id)\nWHERE {SELECTED}\nGROUP BY 1, 2\nORDER BY 1, 2"),
+               f"FROM {rollup('noise')}{PER_SERIES}"),
         target("SELECT g.t AS \"time\", 'limit (' || z.zone || ' area)' AS metric,\n"
                f" CASE WHEN extract(hour FROM g.t AT TIME ZONE '{TZ}') BETWEEN 6 AND 20\n"
                "      THEN CASE z.zone WHEN 'special' THEN 55 ELSE 70 END\n"
@@ -160,7 +163,7 @@ def environment() -> dict[str, Any]:
     p.append(panel(9, "timeseries", "Water level vs the site's warning levels (m)", (12, 21, 12, 9), [
         target("SELECT $__timeGroupAlias(r.bucket, $__interval), d.site || ' / ' || r.device_id AS metric,"
                " max(r.max) AS \"water level\"\n"
-               f"FROM {rollup('water_level')}\nJOIN devices d USING (device_id)\nWHERE {SELECTED}\nGROUP BY 1, 2\nORDER BY 1, 2"),
+               f"FROM {rollup('water_level')}{PER_SERIES}"),
         target("SELECT v.t AS \"time\", s.site || ' ' || l.name AS metric, l.level AS \"level\"\n"
                "FROM sites s\nCROSS JOIN LATERAL (VALUES ('warning', s.water_warning_m), ('alarm', s.water_alarm_m),"
                " ('danger', s.water_danger_m)) AS l(name, level)\n"
@@ -173,8 +176,9 @@ def environment() -> dict[str, Any]:
                                          (12, "humidity", "Relative humidity (%)", "humidity", 8),
                                          (13, "rain", "Rain intensity (mm/h)", "short", 16)):
         p.append(panel(pid, "timeseries", title, (x, 31, 8, 8), [target(
-            f"SELECT $__timeGroupAlias(r.bucket, $__interval), d.site AS metric, sum(r.total) / sum(r.n) AS \"{metric}\"\n"
-            f"FROM {rollup(metric)}\nJOIN devices d USING (device_id)\nWHERE {SELECTED}\nGROUP BY 1, 2\nORDER BY 1, 2")],
+            "SELECT $__timeGroupAlias(r.bucket, $__interval), d.site AS metric,"
+            f" sum(r.total) / sum(r.n) AS \"{metric}\"\n"
+            f"FROM {rollup(metric)}{PER_SERIES}")],
             f"Mean per site of the stations' {metric} readings.", unit=unit, custom=LINE))
     return dashboard("ioc-environment", "Environment",
                      "Air quality as Vietnam reads it (VN_AQI, QCVN 05:2023), noise (QCVN 26:2010), water, weather.",
@@ -199,11 +203,11 @@ def traffic() -> dict[str, Any]:
     p.append(row(5, "Flow", 19))
     p.append(panel(6, "timeseries", "Mean speed per camera (km/h)", (0, 20, 12, 9), [target(
         "SELECT $__timeGroupAlias(r.bucket, $__interval), r.device_id AS metric, sum(r.total) / sum(r.n) AS \"speed\"\n"
-        f"FROM {rollup('speed_mean')}\nJOIN devices d USING (device_id)\nWHERE {SELECTED}\nGROUP BY 1, 2\nORDER BY 1, 2")],
+        f"FROM {rollup('speed_mean')}{PER_SERIES}")],
         "Mean of the cameras' per-interval mean speeds.", unit="velocitykmh", custom={**LINE, "axisSoftMin": 0}))
     p.append(panel(7, "timeseries", "Congestion level over time (0 free .. 4 jammed)", (12, 20, 12, 9), [target(
         "SELECT $__timeGroupAlias(r.bucket, $__interval), r.device_id AS metric, max(r.max) AS \"congestion\"\n"
-        f"FROM {rollup('congestion')}\nJOIN devices d USING (device_id)\nWHERE {SELECTED}\nGROUP BY 1, 2\nORDER BY 1, 2")],
+        f"FROM {rollup('congestion')}{PER_SERIES}")],
         "Worst level each camera reported in the interval; the alarm rule congestion-high fires at 3 for 5 min.",
         steps=[{"color": "green", "value": None}, {"color": "yellow", "value": 2}, {"color": "red", "value": 3}],
         custom={**LINE, "lineInterpolation": "stepAfter", "thresholdsStyle": {"mode": "area"}},
@@ -221,7 +225,7 @@ def traffic() -> dict[str, Any]:
 
 ALARM_FILTER = f"JOIN devices d ON d.device_id = a.device_id\nWHERE {SELECTED}"
 BY_SEVERITY = ", ".join(f"count(*) FILTER (WHERE a.severity = '{s}') AS \"{s}\"" for s in SEVERITY)
-SEVERITY_STEPS = [{"color": "green", "value": None}, {"color": "red", "value": 1}]
+SEVERITY_STEPS: list[dict[str, Any]] = [{"color": "green", "value": None}, {"color": "red", "value": 1}]
 
 
 def alarms() -> dict[str, Any]:
@@ -281,7 +285,8 @@ def city_block() -> list[dict[str, Any]]:
     geo_sql = ("SELECT d.device_id, d.site, d.profile, coalesce(d.lat, s.lat) AS latitude,"
                " coalesce(d.lon, s.lon) AS longitude,\n CASE WHEN st.online THEN 1 ELSE 0 END AS online,"
                " CASE WHEN st.online THEN 'online' ELSE 'offline' END AS status, a.aqi AS \"VN_AQI\"\n"
-               "FROM devices d\nLEFT JOIN sites s ON s.site = d.site\nLEFT JOIN device_status st ON st.device_id = d.device_id\n"
+               "FROM devices d\nLEFT JOIN sites s ON s.site = d.site\n"
+               "LEFT JOIN device_status st ON st.device_id = d.device_id\n"
                f"LEFT JOIN ({AQI_NOW}) a ON a.device_id = d.device_id\n"
                f"WHERE coalesce(d.lat, s.lat) IS NOT NULL AND {where}\nORDER BY d.device_id")
 

@@ -23,8 +23,8 @@ from grafana_macros import MacroError, Variable, expand_macros, format_interval,
 
 from cloud.alerts.aqi import band_for, hourly_aqi
 from cloud.db.devices import register_devices
-from cloud.grafana.build import build, render
 from cloud.db.migrate import current_backend
+from cloud.grafana.build import build, render
 from contract.profiles import load_profiles
 from ioc.stack import Stack
 
@@ -136,7 +136,7 @@ def seed(stack: Stack) -> Iterator[Seed]:
     # the PM2.5 panel check looks at).
     history = [now.replace(minute=0) - timedelta(hours=h, minutes=-20) for h in (1, 2)]
     tlm += [(history[0], s.env, "pm25", 60.0), (history[1], s.env, "pm25", 80.0)]
-    for ts, dev, metric, value in tlm:
+    for ts, _dev, metric, value in tlm:
         if metric == "pm25":
             s.pm25_hourly.setdefault(ts.replace(minute=0, second=0, microsecond=0), []).append(value)
     counts = []

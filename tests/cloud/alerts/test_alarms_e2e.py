@@ -132,7 +132,7 @@ def test_pm25_over_threshold_raises_one_alarm_notifies_and_clears_past_hysteresi
                                    "--dsn", stack.dsn])
     assert res.exit_code == 0, res.output
     wait_until(lambda: "acknowledged" in watcher.events(device.device_id), timeout=20, what="ack notification")
-    ack = [p for _, p, _ in watcher.messages if p["event"] == "acknowledged"][0]
+    ack = next(p for _, p, _ in watcher.messages if p["event"] == "acknowledged")
     assert (ack["actor"], ack["comment"], ack["acked"], ack["state"]) == ("alice", "sensor cleaned", True, "cleared")
     actions = db.execute("SELECT action, actor FROM alarm_history WHERE alarm_id = %s ORDER BY id",
                          (alarm_id,)).fetchall()

@@ -30,7 +30,7 @@ def _devices(conn: psycopg.Connection, n: int, profile: str = "env-gateway") -> 
     return site, ids
 
 
-def _rule(**fields: object):  # noqa: ANN202 - a Rule of whichever kind
+def _rule(**fields: object):
     return RuleFile.model_validate({"rules": [{"name": f"k-{uuid.uuid4().hex[:6]}", "severity": "minor",
                                                **fields}]}).rules[0]
 
