@@ -146,3 +146,16 @@ def check_rules(rules: RulesDir = None, dsn: Dsn = None, directory: StackDir = N
             conn.close()
     console.print(t)
     console.print(f"{len(loaded)} rule(s) valid in {folder}")
+
+
+@alerts_app.command("health")
+def health(instance: Annotated[str, typer.Option(help="the evaluator's --instance")],
+           max_age_s: Annotated[float, typer.Option(help="its report must be this fresh")] = 15.0,
+           dsn: Dsn = None, directory: StackDir = None) -> None:
+    """Exit 0 when the evaluator reported recently (active or standing by), 1 otherwise: for health checks."""
+    with psycopg.connect(resolve_dsn(dsn, directory), connect_timeout=3) as conn:
+        row = conn.execute("SELECT active, extract(epoch FROM now() - updated_at) FROM alert_evaluators"
+                           " WHERE instance = %s", (instance,)).fetchone()
+    if row is None or row[1] > max_age_s:
+        raise _fail(f"evaluator {instance} has not reported for {max_age_s:g} s")
+    console.print(f"{instance}: {'active' if row[0] else 'standby'}, reported {row[1]:.1f} s ago")

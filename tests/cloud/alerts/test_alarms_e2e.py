@@ -217,6 +217,12 @@ def test_two_evaluators_never_raise_twice_and_the_standby_takes_over(
     wait_until(lambda: a.active.is_set() or b.active.is_set(), timeout=15, what="one evaluator active")
     assert a.active.is_set() != b.active.is_set(), "both evaluators active at once"
     first, second = (a, b) if a.active.is_set() else (b, a)
+    for svc, word in ((first, "active"), (second, "standby")):  # what the compose health check runs
+        ok = CliRunner().invoke(app, ["alerts", "health", "--instance", svc.s.instance, "--dsn", stack.dsn])
+        assert ok.exit_code == 0, ok.output
+        assert word in ok.output
+    gone = CliRunner().invoke(app, ["alerts", "health", "--instance", "no-such-evaluator", "--dsn", stack.dsn])
+    assert gone.exit_code == 1
     with Repeater(device, "pm25") as rep:
         rep.value = 75.0
         wait_until(lambda: _alarms(db, rule), timeout=40, what="the alarm")
