@@ -9,13 +9,14 @@ in one transaction with the alarm rows and their history (the notification outbo
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 import psycopg
 
-from cloud.alerts.rules import Rule
+from cloud.alerts.rules import LATEST_TABLE, Rule, ThresholdRule
 from cloud.alerts.store import Raise, clear_alarm, raise_alarms
 
 log = logging.getLogger(__name__)
@@ -31,11 +32,61 @@ class CycleResult:
     errors: list[str] = field(default_factory=list)
 
 
+class LatestReadings:
+    """Each device's latest reading of the metrics threshold rules watch, in a session (temporary) table of
+    the evaluation connection, kept current by reading only the last `overlap_s` of telemetry each cycle.
+    Rows that changed carry the cycle number, so rules look only at devices whose value moved (and at those
+    they track): the work per cycle follows the readings that arrived, not the size of the fleet."""
+
+    def __init__(self, overlap_s: float = 5.0, full_every_s: float = 300.0) -> None:
+        self.overlap_s = overlap_s  # a reading committed later than this after its own ts waits for a full load
+        self.full_every_s = full_every_s
+        self.cycle = 0
+        self._full_at = 0.0
+        self._conn: psycopg.Connection | None = None
+        self._metrics: tuple[str, ...] = ()
+
+    def refresh(self, conn: psycopg.Connection, rules: Sequence[Rule]) -> int:
+        watched = [r for r in rules if isinstance(r, ThresholdRule)]
+        metrics = tuple(sorted({r.metric for r in watched}))
+        self.cycle += 1
+        if not metrics:
+            return self.cycle
+        stale = max(r.stale_s for r in watched)
+        full = (self._conn is not conn or metrics != self._metrics
+                or time.monotonic() - self._full_at > self.full_every_s)
+        if full:  # new connection (its temp table is gone) or new metrics: load the whole window
+            conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS {LATEST_TABLE} (device_id text NOT NULL,"
+                         " metric text NOT NULL, value double precision NOT NULL, ts timestamptz NOT NULL,"
+                         " cycle bigint NOT NULL,"
+                         " PRIMARY KEY (metric, device_id))")
+            conn.execute(f"CREATE INDEX IF NOT EXISTS {LATEST_TABLE}_changed ON {LATEST_TABLE} (metric, cycle)")
+            conn.execute(f"TRUNCATE {LATEST_TABLE}")
+        window = stale if full else min(stale, self.overlap_s)
+        conn.execute(
+            f"INSERT INTO {LATEST_TABLE} AS l (device_id, metric, value, ts, cycle)"
+            " SELECT DISTINCT ON (t.metric, t.device_id) t.device_id, t.metric, t.value, t.ts, %(cycle)s"
+            " FROM telemetry t WHERE t.metric = ANY(%(metrics)s) AND t.ts > now() - %(window)s * interval '1 second'"
+            " ORDER BY t.metric, t.device_id, t.ts DESC"
+            " ON CONFLICT (metric, device_id) DO UPDATE SET value = EXCLUDED.value, ts = EXCLUDED.ts,"
+            " cycle = EXCLUDED.cycle WHERE EXCLUDED.ts > l.ts",
+            {"cycle": self.cycle, "metrics": list(metrics), "window": window})
+        if full:
+            conn.execute(f"ANALYZE {LATEST_TABLE}")
+            self._full_at = time.monotonic()
+        conn.commit()
+        self._conn, self._metrics = conn, metrics
+        return self.cycle
+
+
 class Evaluator:
     def __init__(self, actor: str) -> None:
         self.actor = actor
         self.pending: dict[Key, datetime] = {}
+        self.latest = LatestReadings()
         self._loaded = False
+        self._last_run: dict[str, float] = {}
+        self._since: dict[str, int] = {}  # rule -> first cycle of readings it has not seen yet
 
     def load_state(self, conn: psycopg.Connection) -> None:
         """On becoming active: take over the pending clocks the previous evaluator persisted."""
@@ -57,12 +108,18 @@ class Evaluator:
         if not self._loaded:
             self.load_state(conn)
         out = CycleResult()
+        cycle = self.latest.refresh(conn, rules)
         active = {(r, d): i for i, r, d in conn.execute(
             "SELECT id, rule, device_id FROM alarms WHERE cleared_at IS NULL").fetchall()}
         conn.commit()
+        now = time.monotonic()
         for rule in rules:
+            if rule.every_s and now - self._last_run.get(rule.name, -1e18) < rule.every_s:
+                continue
+            self._last_run[rule.name] = now
             try:
                 self._rule(conn, rule, active, out)
+                self._since[rule.name] = cycle + 1
             except psycopg.errors.Error as e:
                 if conn.closed or conn.broken:
                     raise
@@ -70,6 +127,7 @@ class Evaluator:
                 msg = f"rule {rule.name}: {type(e).__name__}: {e}".strip()
                 log.error("%s", msg)
                 out.errors.append(msg)
+        conn.commit()
         out.pending = len(self.pending)
         return out
 
@@ -77,7 +135,9 @@ class Evaluator:
         tracked = sorted({d for (r, d) in self.pending if r == rule.name} | {d for (r, d) in active if r == rule.name})
         sql, params = rule.query()
         with conn.cursor() as cur:
-            rows = cur.execute(sql, {**params, "tracked": tracked}).fetchall()
+            # Never a prepared (generic) plan: the selector and the changed-since cycle decide the plan.
+            rows = cur.execute(sql, {**params, "tracked": tracked, "since": self._since.get(rule.name, 0)},
+                               prepare=False).fetchall()
             (now,) = cur.execute("SELECT now()").fetchone() or (None,)
             assert now is not None
             seen: set[str] = set()
@@ -111,8 +171,7 @@ class Evaluator:
             starting = {d for _, d, _, _ in start}
             stop = [d for d in dict.fromkeys(stop) if (rule.name, d) in self.pending or d in starting]
             if not (start or stop or raises or clears):
-                conn.commit()
-                return
+                return  # nothing to write: the read stays in the cycle's transaction (one commit per cycle)
             if start:
                 cur.executemany("INSERT INTO alert_eval_state (rule, device_id, since, value) VALUES (%s, %s, %s, %s)"
                                 " ON CONFLICT (rule, device_id) DO UPDATE SET since = EXCLUDED.since,"

@@ -66,6 +66,7 @@ class _Rule(BaseModel):
     enabled: bool = True
     select: Selector = Field(default_factory=Selector)
     for_s: Seconds = Field(default=0.0, alias="for", description="how long the condition must hold to raise")
+    every_s: Seconds = Field(default=0.0, alias="every", description="evaluate at most this often (0: every cycle)")
 
     def message(self, value: float | None) -> str:
         return f"{self.description or self.name}" + (f" (value {value:g})" if value is not None else "")
@@ -83,9 +84,16 @@ class _Rule(BaseModel):
         return sql, {**sel_params, **params}
 
 
+LATEST_TABLE = "alert_latest"  # the evaluator's session table of each device's latest reading (evaluator.py)
+
+
 class ThresholdRule(_Rule):
     """The latest reading of a metric beyond a value (PM2.5 > 50 µg/m³ for 15 min, congestion >= 3 for
-    5 min). Clears once the reading is back past the threshold by `hysteresis`."""
+    5 min). Clears once the reading is back past the threshold by `hysteresis`.
+
+    Reads the evaluator's table of latest readings, and only the devices whose reading changed since the
+    rule last ran (cycle >= %(since)s) or that it tracks: a device whose value did not change cannot change
+    state. A rule's first run (since = 0) sees every device."""
 
     kind: Literal["threshold"]
     metric: str
@@ -97,13 +105,17 @@ class ThresholdRule(_Rule):
     def query(self) -> tuple[str, dict[str, Any]]:
         upward = self.op in (">", ">=")
         clr = "l.value <= %(clear_at)s" if upward else "l.value >= %(clear_at)s"
-        body = ("SELECT sel.device_id, sel.site, l.value, l.ts AS value_ts, "
-                f"l.value {self.op} %(threshold)s AS cond, {clr} AS clr FROM sel CROSS JOIN LATERAL ("
-                "SELECT t.value, t.ts FROM telemetry t WHERE t.device_id = sel.device_id AND t.metric = %(metric)s"
-                " AND t.ts > now() - %(stale)s * interval '1 second' ORDER BY t.ts DESC LIMIT 1) l")
+        cond = f"l.value {self.op} %(threshold)s"
+        sel, sel_params = self.select.sql()
+        # The value test comes before the join, so only hot or tracked readings meet the devices table.
+        sql = (f"SELECT d.device_id, d.site, l.value, l.ts AS value_ts, {cond} AS cond, {clr} AS clr"
+               f" FROM {LATEST_TABLE} l JOIN devices d ON d.device_id = l.device_id"
+               " WHERE l.metric = %(metric)s AND l.ts > now() - %(stale)s * interval '1 second'"
+               f" AND ((l.cycle >= %(since)s AND ({cond} OR NOT {clr})) OR l.device_id = ANY(%(tracked)s))"
+               f" AND {sel}")
         clear_at = self.value - self.hysteresis if upward else self.value + self.hysteresis
-        return self._wrap(body, {"metric": self.metric, "threshold": self.value, "clear_at": clear_at,
-                                 "stale": self.stale_s})
+        return sql, {**sel_params, "metric": self.metric, "threshold": self.value, "clear_at": clear_at,
+                     "stale": self.stale_s}
 
 
 class RateOfChangeRule(_Rule):
@@ -181,13 +193,14 @@ class SilentRule(_Rule):
     heartbeat_s: Seconds = Field(default=30.0, gt=0, description="the health stream interval (health.yaml)")
 
     def query(self) -> tuple[str, dict[str, Any]]:
-        body = ("SELECT sel.device_id, sel.site, extract(epoch FROM now() - s.seen)::float8 AS value,"
-                " s.seen AS value_ts, now() - s.seen > %(limit)s * interval '1 second' AS cond,"
-                " now() - s.seen <= %(heartbeat)s * interval '1 second' AS clr"
-                " FROM sel JOIN devices dd ON dd.device_id = sel.device_id"
-                " LEFT JOIN device_status st ON st.device_id = sel.device_id"
-                " CROSS JOIN LATERAL (SELECT coalesce(st.last_seen, dd.created_at) AS seen) s")
-        return self._wrap(body, {"limit": self.heartbeats * self.heartbeat_s, "heartbeat": self.heartbeat_s})
+        seen = "coalesce(st.last_seen, d.created_at)"
+        sel, sel_params = self.select.sql()
+        sql = (f"SELECT * FROM (SELECT d.device_id, d.site, extract(epoch FROM now() - {seen})::float8 AS value,"
+               f" {seen} AS value_ts, now() - {seen} > %(limit)s * interval '1 second' AS cond,"
+               f" now() - {seen} <= %(heartbeat)s * interval '1 second' AS clr"
+               f" FROM devices d LEFT JOIN device_status st ON st.device_id = d.device_id WHERE {sel}) v"
+               " WHERE cond OR NOT clr OR device_id = ANY(%(tracked)s)")
+        return sql, {**sel_params, "limit": self.heartbeats * self.heartbeat_s, "heartbeat": self.heartbeat_s}
 
 
 class AqiBandRule(_Rule):
@@ -197,6 +210,7 @@ class AqiBandRule(_Rule):
     kind: Literal["aqi_band"]
     band: Literal[BAND_KEYS]  # type: ignore[valid-type]
     hysteresis: float = Field(default=5.0, ge=0)
+    every_s: Seconds = Field(default=60.0, alias="every", description="hourly values: once a minute is plenty")
 
     def query(self) -> tuple[str, dict[str, Any]]:
         low = band_by_key(self.band).low
