@@ -30,6 +30,8 @@ class CycleResult:
     cleared: int = 0
     pending: int = 0
     errors: list[str] = field(default_factory=list)
+    refresh_s: float = 0.0  # reading the latest readings
+    rules_s: float = 0.0    # the rules' queries and transitions
 
 
 class LatestReadings:
@@ -38,11 +40,14 @@ class LatestReadings:
     Rows that changed carry the cycle number, so rules look only at devices whose value moved (and at those
     they track): the work per cycle follows the readings that arrived, not the size of the fleet."""
 
-    def __init__(self, overlap_s: float = 5.0, full_every_s: float = 300.0) -> None:
-        self.overlap_s = overlap_s  # a reading committed later than this after its own ts waits for a full load
+    def __init__(self, overlap_s: float = 3.0, full_every_s: float = 300.0) -> None:
+        # Each read covers readings stamped since the previous read began, minus overlap_s + ingest's reported
+        # lag; one committed later than that after its own time stamp waits for the next full load.
+        self.overlap_s = overlap_s
         self.full_every_s = full_every_s
         self.cycle = 0
         self._full_at = 0.0
+        self._prev_at: datetime | None = None
         self._conn: psycopg.Connection | None = None
         self._metrics: tuple[str, ...] = ()
 
@@ -62,21 +67,36 @@ class LatestReadings:
                          " PRIMARY KEY (metric, device_id))")
             conn.execute(f"CREATE INDEX IF NOT EXISTS {LATEST_TABLE}_changed ON {LATEST_TABLE} (metric, cycle)")
             conn.execute(f"TRUNCATE {LATEST_TABLE}")
-        window = stale if full else min(stale, self.overlap_s)
+        (now,) = conn.execute("SELECT now()").fetchone() or (None,)
+        assert now is not None
+        # Everything stamped since the previous read began, reaching back by the overlap and ingest's lag.
+        reach = timedelta(seconds=self.overlap_s + self._ingest_lag_s(conn))
+        start = now - timedelta(seconds=stale)
+        if not full and self._prev_at is not None:
+            start = max(start, self._prev_at - reach)
         conn.execute(
             f"INSERT INTO {LATEST_TABLE} AS l (device_id, metric, value, ts, cycle)"
             " SELECT DISTINCT ON (t.metric, t.device_id) t.device_id, t.metric, t.value, t.ts, %(cycle)s"
-            " FROM telemetry t WHERE t.metric = ANY(%(metrics)s) AND t.ts > now() - %(window)s * interval '1 second'"
+            " FROM telemetry t WHERE t.metric = ANY(%(metrics)s) AND t.ts > %(start)s"
             " ORDER BY t.metric, t.device_id, t.ts DESC"
             " ON CONFLICT (metric, device_id) DO UPDATE SET value = EXCLUDED.value, ts = EXCLUDED.ts,"
             " cycle = EXCLUDED.cycle WHERE EXCLUDED.ts > l.ts",
-            {"cycle": self.cycle, "metrics": list(metrics), "window": window})
+            {"cycle": self.cycle, "metrics": list(metrics), "start": start})
         if full:
             conn.execute(f"ANALYZE {LATEST_TABLE}")
             self._full_at = time.monotonic()
         conn.commit()
-        self._conn, self._metrics = conn, metrics
+        self._conn, self._metrics, self._prev_at = conn, metrics, now
         return self.cycle
+
+
+    @staticmethod
+    def _ingest_lag_s(conn: psycopg.Connection) -> float:
+        """How late ingest commits readings (time stamp to commit) as its processes report it: the window reaches
+        back past that, or a reading committed late would be missed until the next full load."""
+        row = conn.execute("SELECT max(greatest(coalesce(latency_p50_ms, 0), coalesce(lag_ms, 0))) / 1000"
+                           " FROM ingest_instances WHERE updated_at > now() - interval '1 minute'").fetchone()
+        return float(row[0]) if row and row[0] is not None else 0.0
 
 
 class Evaluator:
@@ -108,7 +128,9 @@ class Evaluator:
         if not self._loaded:
             self.load_state(conn)
         out = CycleResult()
+        t0 = time.perf_counter()
         cycle = self.latest.refresh(conn, rules)
+        out.refresh_s = time.perf_counter() - t0
         active = {(r, d): i for i, r, d in conn.execute(
             "SELECT id, rule, device_id FROM alarms WHERE cleared_at IS NULL").fetchall()}
         conn.commit()
@@ -128,6 +150,7 @@ class Evaluator:
                 log.error("%s", msg)
                 out.errors.append(msg)
         conn.commit()
+        out.rules_s = time.perf_counter() - t0 - out.refresh_s
         out.pending = len(self.pending)
         return out
 
