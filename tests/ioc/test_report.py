@@ -12,9 +12,11 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from support import wait_until
 from typer.testing import CliRunner
 
 from cloud.db.devices import register_devices
+from cloud.db.maintenance import run_maintenance
 from cloud.db.migrate import current_backend
 from ioc.cli import app
 from ioc.stack import Stack
@@ -54,10 +56,12 @@ def city(stack: Stack) -> tuple[str, str, str]:
         conn.execute("INSERT INTO alarms (rule, device_id, site, kind, severity, message, value, condition_since)"
                      " VALUES ('report-test', %s, %s, 'threshold', 'major', 'PM2.5 high in the report', 80, now())",
                      (env, site))
+        # As ingest would: the minutes marked dirty, one upkeep pass (rollups or continuous aggregates).
+        conn.cursor().executemany("INSERT INTO rollup_dirty (instance, bucket) VALUES ('report-test', %s)"
+                                  " ON CONFLICT DO NOTHING", [(r[0],) for r in rows])
+        conn.execute("SELECT ioc_take_dirty_rollups(interval '-2 minutes')")
+        wait_until(lambda: run_maintenance(conn).ran, what="an upkeep pass of our own")
         if current_backend(conn) == "postgres":
-            conn.cursor().executemany("INSERT INTO rollup_dirty (instance, bucket) VALUES ('r', %s)"
-                                      " ON CONFLICT DO NOTHING", [(r[0],) for r in rows])
-            conn.execute("SELECT ioc_take_dirty_rollups(interval '-2 minutes')")
             conn.execute("SELECT ioc_refresh_rollups()")
     return site, env, cam
 

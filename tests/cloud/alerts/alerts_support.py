@@ -7,15 +7,18 @@ import json
 import threading
 import uuid
 from dataclasses import dataclass, field
+from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
 import paho.mqtt.publish as single
+import psycopg
 import yaml
 from paho.mqtt.enums import CallbackAPIVersion
 
+from cloud.db.migrate import current_backend
 from contract import topics
 from contract.messages import MetricSample, TelemetryMessage, now_ms
 from ioc.stack import Stack
@@ -136,3 +139,22 @@ def pm25_rule(rule: str, device_id: str, *, hold: float = 3.0, value: float = 50
     return {"name": rule, "kind": "threshold", "severity": "major", "description": "PM2.5 high",
             "select": {"devices": [device_id]}, "metric": "pm25", "op": ">", "value": value,
             "hysteresis": hysteresis, "for": f"{hold}s"}
+
+
+def refresh_aggregates(dsn: str, stamps: list[datetime]) -> None:
+    """Rows written straight into telemetry reach telemetry_1m/1h as ingest's do: mark their minutes dirty,
+    take them at once (even the current minute), and run one upkeep pass (rollup tables or continuous
+    aggregates below their watermark)."""
+    from support import wait_until
+
+    from cloud.db.maintenance import run_maintenance
+
+    minutes = sorted({ts.replace(second=0, microsecond=0) for ts in stamps})
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.cursor().executemany("INSERT INTO rollup_dirty (instance, bucket) VALUES ('alerts-test', %s)"
+                                  " ON CONFLICT DO NOTHING", [(m,) for m in minutes])
+        conn.execute("SELECT ioc_take_dirty_rollups(interval '-2 minutes')")
+        wait_until(lambda: run_maintenance(conn).ran, what="an upkeep pass of our own")
+        if current_backend(conn) == "postgres":
+            while conn.execute("SELECT ioc_refresh_rollups()").fetchone() != (0,):
+                pass

@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 import psycopg
 import pytest
+from alerts_support import refresh_aggregates
 
 from cloud.alerts.aqi import BANDS, band_for, daily_aqi, hourly_aqi, nowcast, round_half_up, sub_index
 from cloud.db.devices import register_devices
@@ -64,17 +65,6 @@ def test_pm10_dominates_when_its_index_is_higher() -> None:
 
 
 # -- the SQL computation agrees with the Python one ----------------------------------------------------------
-def _refresh_rollups(conn: psycopg.Connection, stamps: list[datetime]) -> None:
-    if current_backend(conn) != "postgres":
-        return  # TimescaleDB: real-time continuous aggregates
-    minutes = sorted({ts.replace(second=0, microsecond=0) for ts in stamps})
-    conn.cursor().executemany("INSERT INTO rollup_dirty (instance, bucket) VALUES ('aqi-test', %s)"
-                              " ON CONFLICT DO NOTHING", [(m,) for m in minutes])
-    conn.execute("SELECT ioc_take_dirty_rollups(interval '0 seconds')")
-    while conn.execute("SELECT ioc_refresh_rollups()").fetchone() != (0,):
-        pass
-
-
 def test_sql_vn_aqi_agrees_with_python_on_the_same_data(stack: Stack) -> None:
     rng = random.Random(7)
     dev, site = f"aqi-{uuid.uuid4().hex[:8]}", f"aqisite-{uuid.uuid4().hex[:6]}"
@@ -97,7 +87,7 @@ def test_sql_vn_aqi_agrees_with_python_on_the_same_data(stack: Stack) -> None:
         register_devices(conn, [(dev, site, "env-gateway")])
         conn.cursor().executemany("INSERT INTO telemetry (ts, device_id, metric, value) VALUES (%s, %s, %s, %s)",
                                   rows)
-        _refresh_rollups(conn, [r[0] for r in rows])
+        refresh_aggregates(stack.dsn, [r[0] for r in rows])
         got = {r[0]: (r[1], r[2], r[3], r[4]) for r in conn.execute(
             "SELECT hour, pm25_nowcast, pm10_nowcast, aqi, dominant FROM ioc_vn_aqi_hourly(%s, %s)"
             " WHERE device_id = %s", (hours[17], hours[0], dev)).fetchall()}

@@ -9,11 +9,11 @@ from datetime import UTC, datetime, timedelta
 
 import psycopg
 import pytest
+from alerts_support import refresh_aggregates
 
 from cloud.alerts.evaluator import Evaluator
 from cloud.alerts.rules import RuleFile
 from cloud.db.devices import register_devices
-from cloud.db.migrate import current_backend
 from ioc.stack import Stack
 
 
@@ -97,7 +97,7 @@ def test_selectors_by_profile_and_tag(conn: psycopg.Connection) -> None:
     assert _alarmed(conn, by_profile.name) == {cam}
 
 
-def test_aqi_band_rule_reads_the_hourly_vn_aqi(conn: psycopg.Connection) -> None:
+def test_aqi_band_rule_reads_the_hourly_vn_aqi(stack: Stack, conn: psycopg.Connection) -> None:
     site, (smoky, clean) = _devices(conn, 2)
     hour = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
     rows = []
@@ -105,12 +105,7 @@ def test_aqi_band_rule_reads_the_hourly_vn_aqi(conn: psycopg.Connection) -> None
         ts = hour - timedelta(hours=h) + timedelta(minutes=1)
         rows += [(ts, smoky, "pm25", 120.0), (ts, clean, "pm25", 12.0)]
     _tlm(conn, rows)
-    if current_backend(conn) == "postgres":
-        conn.cursor().executemany("INSERT INTO rollup_dirty (instance, bucket) VALUES ('k', %s) ON CONFLICT DO NOTHING",
-                                  [(r[0].replace(second=0, microsecond=0),) for r in rows])
-        conn.execute("SELECT ioc_take_dirty_rollups(interval '-2 minutes')")
-        conn.execute("SELECT ioc_refresh_rollups()")
-        conn.commit()
+    refresh_aggregates(stack.dsn, [r[0] for r in rows])
     rule = _rule(kind="aqi_band", select={"sites": [site]}, band="bad")  # PM2.5 NowCast 120 → AQI 179
     Evaluator("test").cycle(conn, [rule])
     assert _alarmed(conn, rule.name) == {smoky}
