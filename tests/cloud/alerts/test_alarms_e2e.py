@@ -4,6 +4,7 @@ PostgreSQL, the evaluator reads what ingest committed, notifications come back o
 from __future__ import annotations
 
 import hmac
+import json
 import os
 import socket
 import subprocess
@@ -93,6 +94,10 @@ def test_pm25_over_threshold_raises_one_alarm_notifies_and_clears_past_hysteresi
         wait_until(lambda: _alarms(db, rule), timeout=40, what="the alarm")
         wait_until(lambda: "raised" in receiver.events(device.device_id), timeout=20, what="webhook POST")
         wait_until(lambda: "raised" in watcher.events(device.device_id), timeout=20, what="MQTT notification")
+        listed = CliRunner().invoke(app, ["alerts", "list", "--json", "--limit", "1000", "--dsn", stack.dsn])
+        assert listed.exit_code == 0, listed.output
+        mine = [a for a in json.loads(listed.output) if a["rule"] == rule]
+        assert [(a["device_id"], a["severity"], a["cleared_at"]) for a in mine] == [(device.device_id, "major", None)]
         # Hovering around the threshold, never past the hysteresis (clear at 40 or below): no second alarm.
         for v in (48.0, 62.0, 45.0, 70.0):
             rep.value = v
