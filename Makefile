@@ -4,7 +4,7 @@ SHELL := /bin/bash
 VENV  := .venv
 BIN   := $(VENV)/bin
 STAMP := $(VENV)/.installed
-APT_PACKAGES := mosquitto mosquitto-clients postgresql opencv-doc python3-venv
+APT_PACKAGES := mosquitto mosquitto-clients postgresql opencv-doc python3-venv chromium
 
 .PHONY: demo test setup system-packages lint bench clean
 
@@ -17,7 +17,7 @@ test: setup
 setup: system-packages $(STAMP)
 
 # Debian packages: Mosquitto and PostgreSQL run as the project's own processes (never as services);
-# opencv-doc carries the vtest.avi footage the camera tests use.
+# opencv-doc carries the vtest.avi footage the camera tests use; chromium renders `ioc report` in its test.
 system-packages:
 	@missing=""; \
 	for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \

@@ -15,7 +15,10 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.table import Table
 
+from ioc.alerts_cli import alerts_app
 from ioc.endpoints import resolve, resolve_dsn
+from ioc.grafana_cli import grafana_app
+from ioc.report import report_command
 from ioc.stack import Stack, StackError
 
 console = Console()
@@ -26,6 +29,9 @@ devices_app = typer.Typer(help="Provision devices (the registry).", no_args_is_h
 app.add_typer(stack_app, name="stack")
 app.add_typer(db_app, name="db")
 app.add_typer(devices_app, name="devices")
+app.add_typer(alerts_app, name="alerts")
+app.add_typer(grafana_app, name="grafana")
+app.command("report")(report_command)
 
 StackDir = Annotated[Path | None, typer.Option("--dir", help="stack folder (default .ioc or $IOC_STACK_DIR)")]
 Dsn = Annotated[str | None, typer.Option(help="database URL (default: IOC_DSN or the local stack)")]

@@ -13,13 +13,16 @@ import pytest
 import typer
 import yaml
 
+from cloud.alerts.settings import AlertSettings
 from cloud.ingest.settings import IngestSettings
 from ioc.cli import app
 
 REPO = Path(__file__).resolve().parent.parent
 COMPOSE: dict[str, Any] = yaml.safe_load((REPO / "docker-compose.yml").read_text(encoding="utf-8"))
 SERVICES: dict[str, dict[str, Any]] = COMPOSE["services"]
-IOC_SERVICES = ["migrate", "ingest", "sim"]  # the services that run the ioc image
+IOC_SERVICES = ["migrate", "ingest", "alerts-1", "alerts-2", "sim"]  # the services that run the ioc image
+ALERT_SERVICES = ["alerts-1", "alerts-2"]
+LONG_RUNNING = ["mosquitto", "timescaledb", "ingest", *ALERT_SERVICES, "grafana", "sim"]
 ENDPOINT_VARS = {"IOC_DSN", "IOC_MQTT_HOST", "IOC_MQTT_PORT"}  # ioc/endpoints.py: all three, or a local stack
 
 
@@ -39,8 +42,9 @@ def env_vars_read_by_code() -> set[str]:
                 if isinstance(node, ast.Constant) and isinstance(node.value, str) \
                         and re.fullmatch(r"IOC_[A-Z0-9_]+", node.value):
                     names.add(node.value)
-    prefix = IngestSettings.model_config.get("env_prefix", "")
-    names |= {f"{prefix}{f}".upper() for f in IngestSettings.model_fields}
+    for settings in (IngestSettings, AlertSettings):
+        prefix = settings.model_config.get("env_prefix", "")
+        names |= {f"{prefix}{f}".upper() for f in settings.model_fields}
     return names
 
 
@@ -164,3 +168,40 @@ def test_dockerfile_installs_without_dev_extras_and_sets_firmware_config() -> No
     assert re.search(r"^COPY firmware-config \./firmware-config$", text, re.M)
     assert SERVICES["migrate"]["build"] == "."
     assert {SERVICES[s]["image"] for s in IOC_SERVICES} == {SERVICES["migrate"]["image"]}
+
+
+def test_alarm_evaluators_one_instance_each_after_migration() -> None:
+    instances = [parse_cli(SERVICES[s]["command"]).params["instance"] for s in ALERT_SERVICES]
+    assert len(set(instances)) == len(instances), "each evaluator needs its own --instance"
+    for name in ALERT_SERVICES:
+        svc = SERVICES[name]
+        assert svc["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+        assert svc["restart"] == "unless-stopped"
+        assert "replicas" not in svc.get("deploy", {})
+        health = parse_cli(svc["healthcheck"]["test"][1:])  # `ioc alerts health --instance ...`
+        assert health.params["instance"] == parse_cli(svc["command"]).params["instance"]
+
+
+@pytest.mark.parametrize("service", LONG_RUNNING)
+def test_every_long_running_service_has_a_health_check(service: str) -> None:
+    check = SERVICES[service].get("healthcheck")
+    assert check, f"{service} has no healthcheck"
+    assert check["test"][0] in ("CMD", "CMD-SHELL")
+    if check["test"][:2] == ["CMD", "python"]:
+        compile(check["test"][-1], f"{service} healthcheck", "exec")  # the one-liner is valid Python
+
+
+def test_env_example_sets_every_variable_compose_reads() -> None:
+    text = (REPO / "docker-compose.yml").read_text(encoding="utf-8")
+    used = set(re.findall(r"\$\{(\w+)(?::-[^}]*)?\}", text))
+    example = {line.split("=", 1)[0] for line in (REPO / ".env.example").read_text(encoding="utf-8").splitlines()
+               if line.strip() and not line.startswith("#")}
+    assert used == example, f"in compose only: {used - example}; in .env.example only: {example - used}"
+
+
+def test_the_image_carries_the_sample_rules() -> None:
+    """The image installs the package (not editable): the default rules folder must be package data."""
+    pyproject = (REPO / "pyproject.toml").read_text(encoding="utf-8")
+    assert re.search(r'^"cloud\.alerts" = \["rules/\*\.yaml"\]$', pyproject, re.M)
+    assert AlertSettings.model_fields["rules_dir"].default == REPO / "cloud" / "alerts" / "rules"
+    assert list((REPO / "cloud" / "alerts" / "rules").glob("*.yaml"))

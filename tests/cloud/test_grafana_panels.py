@@ -11,7 +11,7 @@ import json
 import re
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -22,9 +22,11 @@ import yaml
 from grafana_macros import MacroError, Variable, expand_macros, format_interval, interpolate
 from support import wait_until
 
+from cloud.alerts.aqi import band_for, hourly_aqi
 from cloud.db.devices import register_devices
 from cloud.db.maintenance import run_maintenance
 from cloud.db.migrate import MIGRATION_LOCK_ID, current_backend
+from cloud.grafana.build import build, render
 from contract.profiles import load_profiles
 from ioc.stack import Stack
 
@@ -44,6 +46,7 @@ class PanelQuery:
     ptype: str
     fmt: str
     sql: str
+    path: Path = field(compare=False, default=Path())
 
     @property
     def name(self) -> str:
@@ -67,7 +70,7 @@ def panel_queries() -> list[PanelQuery]:
         for p in _panels(dash["panels"]):
             for t in p.get("targets", []):
                 out.append(PanelQuery(dash["title"], p["title"], p["type"], t.get("format", "time_series"),
-                                      t["rawSql"]))
+                                      t["rawSql"], path))
     return out
 
 
@@ -83,6 +86,8 @@ class Seed:
     reason_token: str
     instance: str
     pm25: list[float] = field(default_factory=list)
+    pm25_hourly: dict[datetime, list[float]] = field(default_factory=dict)  # every PM2.5 reading by hour
+    alarm_id: int = 0
     class_totals: dict[str, int] = field(default_factory=dict)
     direction_totals: dict[str, int] = field(default_factory=dict)
 
@@ -129,6 +134,13 @@ def seed(stack: Stack) -> Iterator[Seed]:
                 (ts, s.env, "outbox_dropped", 0.0), (ts, s.env, "link_up", 0.0 if i == 2 else 1.0),
                 (ts, s.cam, "speed_mean", 40.0), (ts, s.cam, "congestion", float(1 + i % 2)),
                 (ts, s.cam, "cpu_pct", 50.0)]
+    # Two earlier hours of PM2.5 so the VN_AQI NowCast has 2 of its last 3 hours (older than the 15 minutes
+    # the PM2.5 panel check looks at).
+    history = [now.replace(minute=0) - timedelta(hours=h, minutes=-20) for h in (1, 2)]
+    tlm += [(history[0], s.env, "pm25", 60.0), (history[1], s.env, "pm25", 80.0)]
+    for ts, _dev, metric, value in tlm:
+        if metric == "pm25":
+            s.pm25_hourly.setdefault(ts.replace(minute=0, second=0, microsecond=0), []).append(value)
     counts = []
     for i, ts in enumerate(stamps):
         for cls, direction, n in (("car", "in", 10 + i), ("car", "out", 8), ("bus", "in", 1),
@@ -148,9 +160,22 @@ def seed(stack: Stack) -> Iterator[Seed]:
             cur.execute(_SEED["events"], (stamps[-1], s.env))
             cur.execute(_SEED["dead_letters"], (f"tlm/v1/{s.site}/{s.env}/env", s.env, reason, b"{x}"))
             cur.execute(_SEED["ingest_instances"], (s.instance,))
+            cur.execute("UPDATE devices SET lat = 21.03, lon = 105.85 WHERE device_id = %s", (s.env,))
+            cur.execute("INSERT INTO sites (site, name, lat, lon, noise_zone, water_warning_m, water_alarm_m,"
+                        " water_danger_m) VALUES (%s, 'Seeded site', 21.02, 105.84, 'special', 2.0, 2.5, 3.0)",
+                        (s.site,))
+            row = cur.execute("INSERT INTO alarms (rule, device_id, site, kind, severity, message, value,"
+                              " condition_since, raised_at, acked_at, acked_by) VALUES ('grafana-test', %s, %s,"
+                              " 'threshold', 'critical', 'seeded alarm', 99, now() - interval '10 minutes',"
+                              " now() - interval '9 minutes', now() - interval '8 minutes', 'tester') RETURNING id",
+                              (s.env, s.site)).fetchone()
+            assert row is not None
+            s.alarm_id = row[0]
+            cur.execute("INSERT INTO alarm_history (alarm_id, action, actor, value) VALUES (%s, 'raised', 'test', 99)",
+                        (s.alarm_id,))
         # Mark the minutes dirty, as ingest does, and run upkeep: rollup tables are recomputed (PostgreSQL),
         # continuous aggregates refreshed where the rows lie below their watermark (TimescaleDB).
-        minutes = sorted({ts.replace(second=0, microsecond=0) for ts in stamps})
+        minutes = sorted({ts.replace(second=0, microsecond=0) for ts in stamps + history})
         conn.cursor().executemany("INSERT INTO rollup_dirty (instance, bucket) VALUES (%s, %s)"
                                   " ON CONFLICT DO NOTHING", [(s.instance, m) for m in minutes])
         wait_until(lambda: run_maintenance(conn).ran, what="an upkeep pass of our own")
@@ -163,6 +188,8 @@ def seed(stack: Stack) -> Iterator[Seed]:
             for table in ("telemetry_1m", "telemetry_1h"):
                 conn.execute(f"DELETE FROM {table} WHERE device_id = ANY(%s)", (devs,))
         conn.execute("DELETE FROM ingest_instances WHERE instance = %s", (s.instance,))
+        conn.execute("DELETE FROM alarms WHERE id = %s", (s.alarm_id,))
+        conn.execute("DELETE FROM sites WHERE site = %s", (s.site,))
         conn.execute("DELETE FROM devices WHERE device_id = ANY(%s)", (devs,))
 
 
@@ -225,24 +252,35 @@ class Result:
         return [float(r[2]) for r in self.rows if r[1] == metric]
 
 
-def _variables(conn: psycopg.Connection, sc: Scenario, s: Seed, frm: datetime,
-               to: datetime) -> dict[str, Variable]:
-    """Resolve site then device the way the dashboard does: run each variable's own query."""
-    templating = {v["name"]: v for v in _load(DASHBOARD_FILES[0])["templating"]["list"]}
-    if sc.selection == "none":
-        return {name: Variable([], multi=True, include_all=True) for name in ("site", "device")}
-    sites = [r[0] for r in conn.execute(templating["site"]["query"]).fetchall()] if sc.selection == "all" else [s.site]
-    variables = {"site": Variable(sites, multi=True, include_all=True)}
-    sql = interpolate(templating["device"]["query"], frm=frm, to=to, interval=sc.interval,
-                      timescaledb=sc.timescaledb, variables=variables)
-    variables["device"] = Variable([r[0] for r in conn.execute(sql).fetchall()], multi=True, include_all=True)
+def resolve_variables(conn: psycopg.Connection, path: Path, frm: datetime, to: datetime, interval: timedelta,
+                      timescaledb: bool, pinned: dict[str, list[str]]) -> dict[str, Variable]:
+    """Resolve the dashboard's variables in its order, as the browser does: each runs its own query with the
+    ones before it (pinned ones take the given values)."""
+    variables: dict[str, Variable] = {}
+    for var in _load(path)["templating"]["list"]:
+        if var["name"] in pinned:
+            values = pinned[var["name"]]
+        else:
+            sql = interpolate(var["query"], frm=frm, to=to, interval=interval, timescaledb=timescaledb,
+                              variables=variables)
+            values = [r[0] for r in conn.execute(sql).fetchall()]
+        variables[var["name"]] = Variable(values, multi=True, include_all=True)
     return variables
+
+
+def _variables(conn: psycopg.Connection, sc: Scenario, s: Seed, path: Path, frm: datetime,
+               to: datetime) -> dict[str, Variable]:
+    names = [v["name"] for v in _load(path)["templating"]["list"]]
+    if sc.selection == "none":
+        return {name: Variable([], multi=True, include_all=True) for name in names}
+    pinned = {} if sc.selection == "all" else {"site": [s.site]}
+    return resolve_variables(conn, path, frm, to, sc.interval, sc.timescaledb, pinned)
 
 
 def run(conn: psycopg.Connection, q: PanelQuery, sc: Scenario, s: Seed) -> Result:
     to = datetime.now(UTC)
     frm = to - sc.range_
-    variables = _variables(conn, sc, s, frm, to)
+    variables = _variables(conn, sc, s, q.path, frm, to)
     sql = interpolate(q.sql, frm=frm, to=to, interval=sc.interval, timescaledb=sc.timescaledb,
                       variables=variables)
     try:
@@ -315,10 +353,83 @@ def _dead_reason(r: Result, s: Seed) -> None:
     assert [row[1] for row in mine] == [1], r
 
 
+def _tail(check: Check, n: int) -> Check:
+    """The same check on the newest n rows (older seeded hours feed the VN_AQI NowCast)."""
+    def tail(r: Result, s: Seed) -> None:
+        check(Result(r.columns, r.rows[-n:]), s)
+
+    return tail
+
+
+def expected_aqi(s: Seed) -> dict[datetime, int]:
+    """VN_AQI per hour, computed by the Python implementation from the seeded readings."""
+    means = {h: sum(v) / len(v) for h, v in s.pm25_hourly.items()}
+    out = {}
+    for h in means:
+        got = hourly_aqi({"pm25": [means.get(h - timedelta(hours=i)) for i in range(12)]})
+        if got is not None:
+            out[h] = got.aqi
+    return out
+
+
+def _aqi_series(r: Result, s: Seed) -> None:
+    want = expected_aqi(s)
+    assert len(want) >= 2
+    assert [(row[0], row[2]) for row in r.rows if row[1] == s.site] == sorted(want.items()), r
+
+
+def _aqi_now(r: Result, s: Seed) -> None:
+    want = expected_aqi(s)[max(expected_aqi(s))]
+    rows = [dict(zip(r.columns, row, strict=True)) for row in r.rows]
+    ((mine),) = [x for x in rows if x.get("station", x.get("site")) in (s.env, s.site)]
+    assert mine["VN_AQI"] == want, r
+    if "band" in mine:
+        assert mine["band"] == band_for(want).key
+        assert mine["dominant parameter"] == "pm25"
+
+
+def _map(r: Result, s: Seed) -> None:
+    rows = {row[0]: dict(zip(r.columns, row, strict=True)) for row in r.rows}
+    assert set(rows) == {s.env, s.cam}, r
+    assert (rows[s.env]["latitude"], rows[s.env]["online"]) == (21.03, 1)
+    assert rows[s.env]["VN_AQI"] == expected_aqi(s)[max(expected_aqi(s))]
+    assert (rows[s.cam]["latitude"], rows[s.cam]["longitude"], rows[s.cam]["status"]) == (21.02, 105.84, "offline")
+    assert rows[s.cam]["VN_AQI"] is None
+
+
+def _one_critical(r: Result, s: Seed) -> None:
+    assert r.columns == ["critical", "major", "minor", "warning"]
+    assert r.rows == [(1, 0, 0, 0)], r
+
+
+def _time_to_ack(r: Result, s: Seed) -> None:
+    ((median, p90, unacked),) = r.rows
+    assert (median, p90, unacked) == (pytest.approx(60.0), pytest.approx(60.0), 0), r
+
+
+def _class_totals(r: Result, s: Seed) -> None:
+    assert dict(r.rows) == s.class_totals, r
+
+
+def _heat_total(r: Result, s: Seed) -> None:
+    assert sum(v or 0 for row in r.rows for v in row[1:]) == sum(s.class_totals.values()), r
+
+
 EXPECT: dict[str, Check] = {
+    "City overview / Devices on the map: status and latest VN_AQI": _map,
+    "City overview / VN_AQI now per district": _aqi_now,
+    "City overview / Active alarms by severity": _one_critical,
+    "Environment / Hourly VN_AQI per site": _aqi_series,
+    "Environment / VN_AQI now per station": _aqi_now,
+    "Alarms / Active alarms by severity": _one_critical,
+    "Alarms / Active alarms": _contains("id", lambda s: s.alarm_id),
+    "Alarms / Time to acknowledge (alarms raised in range)": _time_to_ack,
+    "Alarms / Transitions (history)": _contains("alarm_id", lambda s: s.alarm_id),
+    "Traffic / Vehicles per class (range total)": _class_totals,
+    "Traffic / Vehicles by day x hour (heat map, Vietnam time)": _heat_total,
     "City overview / Devices online vs registered": _devices,
     "City overview / Dead letters (last hour)": _dead_count,
-    "City overview / PM2.5 by site (µg/m³)": _series(lambda s: s.site, lambda s: s.pm25),
+    "City overview / PM2.5 by site (µg/m³)": _tail(_series(lambda s: s.site, lambda s: s.pm25), 5),
     "City overview / PM10 by site (µg/m³)": _series(lambda s: s.site, lambda s: [v + 10 for v in s.pm25]),
     "City overview / Noise by site (dB(A))": _series(lambda s: s.site, lambda s: [60.0] * 5),
     "City overview / Water level (m)": _series(lambda s: f"{s.site} / {s.env}",
@@ -349,7 +460,8 @@ EXPECT: dict[str, Check] = {
 
 # -- tests --------------------------------------------------------------------------------------------------
 def test_dashboards_exist_and_every_key_panel_is_checked() -> None:
-    assert {p.name for p in DASHBOARD_FILES} >= {"city-overview.json", "fleet-health.json"}
+    assert {p.name for p in DASHBOARD_FILES} >= {"city-overview.json", "fleet-health.json", "environment.json",
+                                                 "traffic.json", "alarms.json"}
     names = {q.name for q in QUERIES}
     assert not set(EXPECT) - names, f"checks for panels that no longer exist: {sorted(set(EXPECT) - names)}"
 
@@ -369,6 +481,19 @@ def test_panel_query_runs(q: PanelQuery, sc: Scenario, seed: Seed, grafana_conn:
         assert result.rows, f"{q.name} [{sc.name}]: no rows with every site selected"
 
 
+def test_committed_dashboards_are_what_build_py_makes() -> None:
+    for name, dash in build().items():
+        assert (GRAFANA / "dashboards" / name).read_text(encoding="utf-8") == render(dash), (
+            f"{name} differs from cloud/grafana/build.py: run `python -m cloud.grafana.build`")
+
+
+def test_a_dashboard_naming_a_missing_column_fails(seed: Seed, grafana_conn: psycopg.Connection) -> None:
+    q = next(q for q in QUERIES if q.name == "Environment / VN_AQI now per station")
+    broken = replace(q, sql=q.sql.replace("a.dominant", "a.no_such_column"))
+    with pytest.raises(pytest.fail.Exception, match="no_such_column"):
+        run(grafana_conn, broken, SCENARIOS[0], seed)
+
+
 @pytest.mark.parametrize("path", DASHBOARD_FILES, ids=lambda p: p.name)
 def test_variable_queries_run(path: Path, seed: Seed, grafana_conn: psycopg.Connection) -> None:
     now = datetime.now(UTC)
@@ -376,13 +501,13 @@ def test_variable_queries_run(path: Path, seed: Seed, grafana_conn: psycopg.Conn
         interpolate(_load(path)["templating"]["list"][0]["query"], frm=now - timedelta(hours=6), to=now,
                     interval=timedelta(minutes=1), timescaledb=False)).fetchall()]
     assert seed.site in sites
-    for var in _load(path)["templating"]["list"]:
-        site = Variable([seed.site], multi=True, include_all=True)
-        sql = interpolate(var["query"], frm=now - timedelta(hours=6), to=now, interval=timedelta(minutes=1),
-                          timescaledb=False, variables={"site": site})
-        rows = grafana_conn.execute(sql).fetchall()
-        assert rows, f"{path.name}: variable {var['name']} returned nothing"
-    assert sorted(r[0] for r in rows) == sorted([seed.env, seed.cam])
+    variables = resolve_variables(grafana_conn, path, now - timedelta(hours=6), now, timedelta(minutes=1), False,
+                                  {"site": [seed.site]})
+    for name, var in variables.items():
+        assert var.value, f"{path.name}: variable {name} returned nothing"
+    assert sorted(variables["device"].value) == sorted([seed.env, seed.cam])
+    if "profile" in variables:
+        assert {"env-gateway", "traffic-camera"} <= set(variables["profile"].value)
 
 
 def test_grafana_role_is_read_only(grafana_conn: psycopg.Connection, seed: Seed) -> None:
