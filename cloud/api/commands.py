@@ -158,10 +158,11 @@ async def handle_reply(pool: AsyncConnectionPool, device_id: str, correlation: b
     if command_id is None:
         log.warning("reply from %s without a usable correlation id; ignored", device_id)
         return
+    error: str | None = None
+    reply: CommandReply | None = None
     try:
         reply = CommandReply.model_validate_json(payload)
     except ValidationError as exc:
-        reply = None
         error = f"unreadable reply: {exc.errors()[0]['msg']}"
     image = None
     result: dict[str, Any] | None = None

@@ -27,7 +27,7 @@ Conn = Annotated[AsyncConnection, Depends(_conn)]
 
 
 def _broker(request: Request) -> Broker:
-    return request.app.state.broker  # type: ignore[no-any-return]
+    return request.app.state.broker
 
 
 BrokerDep = Annotated[Broker, Depends(_broker)]

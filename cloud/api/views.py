@@ -10,10 +10,11 @@ from typing import Any
 
 from fastapi import HTTPException, status
 
-from cloud.api.models import DevicePublic, LiveStatus, Location
+from cloud.api.models import DevicePublic, DeviceStatus, LiveStatus, Location
 
 
 def device_public(r: dict[str, Any]) -> DevicePublic:
+    state: DeviceStatus
     if r["retired_at"] is not None:
         state = "retired"
     elif not r["seen"]:

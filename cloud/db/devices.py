@@ -123,19 +123,19 @@ async def list_devices(conn: AsyncConnection, q: DeviceQuery) -> list[dict[str, 
            + f" ORDER BY {col} {order}, d.device_id {order} LIMIT %s")
     args.append(q.limit)
     async with conn.cursor(row_factory=dict_row) as cur:
-        await cur.execute(sql, args)  # type: ignore[arg-type]  # composed from fixed fragments only
+        await cur.execute(sql, args)
         return await cur.fetchall()
 
 
 async def get_device(conn: AsyncConnection, device_id: str) -> dict[str, Any] | None:
     async with conn.cursor(row_factory=dict_row) as cur:
-        await cur.execute(DEVICE_SELECT + " WHERE d.device_id = %s", (device_id,))  # type: ignore[arg-type]
+        await cur.execute(DEVICE_SELECT + " WHERE d.device_id = %s", (device_id,))
         return await cur.fetchone()
 
 
 async def get_devices(conn: AsyncConnection, device_ids: Sequence[str]) -> list[dict[str, Any]]:
     async with conn.cursor(row_factory=dict_row) as cur:
-        await cur.execute(DEVICE_SELECT + " WHERE d.device_id = ANY(%s) ORDER BY d.device_id",  # type: ignore[arg-type]
+        await cur.execute(DEVICE_SELECT + " WHERE d.device_id = ANY(%s) ORDER BY d.device_id",
                           (list(device_ids),))
         return await cur.fetchall()
 
@@ -163,7 +163,7 @@ async def update_device(conn: AsyncConnection, device_id: str, changes: dict[str
     if not cols:
         return
     sets = ", ".join(f"{c} = %s" for c in cols)
-    await conn.execute(f"UPDATE devices SET {sets}, updated_at = now() WHERE device_id = %s",  # type: ignore[arg-type]
+    await conn.execute(f"UPDATE devices SET {sets}, updated_at = now() WHERE device_id = %s",
                        [*(changes[c] for c in cols), device_id])
 
 

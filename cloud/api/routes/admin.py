@@ -60,7 +60,8 @@ async def audit_log(conn: Conn, who: Technician,
                     cursor: Annotated[str | None, Query(max_length=500)] = None,
                     limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> AuditPage:
     """Newest first."""
-    where, args = [], []
+    where: list[str] = []
+    args: list[object] = []
     for col, val in (("target", target), ("action", action)):
         if val is not None:
             where.append(f"{col} = %s")
@@ -81,7 +82,7 @@ async def audit_log(conn: Conn, who: Technician,
            + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY id DESC LIMIT %s")
     args.append(limit + 1)
     async with conn.cursor(row_factory=dict_row) as cur:
-        await cur.execute(sql, args)  # type: ignore[arg-type]  # fixed fragments only
+        await cur.execute(sql, args)
         rows = await cur.fetchall()
     items = [AuditEntry.model_validate(r) for r in rows[:limit]]
     next_cursor = encode_cursor("audit", None, items[-1].id) if len(rows) > limit else None

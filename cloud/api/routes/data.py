@@ -139,7 +139,7 @@ async def metric_range(conn: Conn, who: Viewer, device_id: str, metric: str,
         sql = f"""SELECT date_bin(%s * interval '1 second', bucket, timestamptz 'epoch') AS b,
                   sum(total) / sum(n), min(min), max(max), sum(n)::bigint FROM {source}
                   WHERE device_id = %s AND metric = %s AND bucket >= %s AND bucket < %s GROUP BY b ORDER BY b"""
-    cur = await conn.execute(sql, (bucket_s, device_id, metric, start, end))  # type: ignore[arg-type]
+    cur = await conn.execute(sql, (bucket_s, device_id, metric, start, end))
     points = [Point(ts=r[0], mean=r[1], min=r[2], max=r[3], n=r[4]) for r in await cur.fetchall()]
     return Series(device_id=device_id, metric=metric, bucket_s=bucket_s, source=source, points=points)
 

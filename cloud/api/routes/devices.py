@@ -14,7 +14,7 @@ from cloud.db import devices as db
 from contract.profiles import load_profiles
 
 router = APIRouter(prefix="/devices", tags=["devices"])
-NOT_FOUND = {404: {"description": "no such device"}}
+NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "no such device"}}
 
 
 def _check_profile(profile: str) -> None:

@@ -48,7 +48,8 @@ def api(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runn
     thread.start()
     deadline = time.monotonic() + 30
     while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the API did not start"
+        assert thread.is_alive(), "the API thread ended before it started serving"
+        assert time.monotonic() < deadline, "the API did not start"
         time.sleep(0.05)
     yield RunningApi(f"http://127.0.0.1:{port}", token_file.read_text().strip(), token_file)
     server.should_exit = True
