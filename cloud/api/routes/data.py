@@ -105,9 +105,11 @@ async def latest_readings(conn: Conn, who: Viewer, device_id: str,
 
 
 def _source(span: timedelta, bucket_s: int) -> str:
-    if bucket_s >= 3600 or span > timedelta(days=7):
+    """Raw rows for short ranges (exact, and current to the second); a rollup no coarser than the bucket
+    for long ones."""
+    if span > timedelta(days=7) and bucket_s >= 3600:
         return "telemetry_1h"
-    if bucket_s >= 60 or span > timedelta(hours=6):
+    if span > timedelta(hours=6) and bucket_s >= 60:
         return "telemetry_1m"
     return "telemetry"
 
