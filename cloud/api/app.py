@@ -21,6 +21,7 @@ from psycopg_pool import AsyncConnectionPool
 from cloud.api import commands
 from cloud.api.auth import ensure_admin_token
 from cloud.api.broker import Broker
+from cloud.api.models import ERRORS
 from cloud.api.routes import admin, config, data, devices
 from cloud.api.routes import commands as command_routes
 from cloud.api.settings import ApiSettings
@@ -68,7 +69,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
 
     app = FastAPI(title="IOC registry API", version="1", description=DESCRIPTION, lifespan=lifespan)
     for r in (devices.router, config.router, command_routes.router, data.router, admin.router):
-        app.include_router(r)
+        app.include_router(r, responses=ERRORS)
 
     @app.get("/health", tags=["health"])
     async def health(request: Request) -> JSONResponse:

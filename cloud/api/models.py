@@ -143,3 +143,19 @@ class AuditEntry(BaseModel):
 class AuditPage(BaseModel):
     items: list[AuditEntry]
     next_cursor: str | None = None
+
+
+class ErrorBody(BaseModel):
+    """Every 4xx/5xx answer: `detail` is a sentence for a person; `errors` lists field problems (422)."""
+
+    detail: str = Field(examples=["unknown profile 'toaster'; known profiles: env-gateway, traffic-camera"])
+    errors: list[dict[str, Any]] | None = None
+
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorBody, "description": text} for code, text in (
+        (400, "a cursor or parameter this API cannot use"), (401, "no valid API token"),
+        (403, "the token's role is too weak"), (404, "no such device, command or token"),
+        (409, "conflicts with the current state (exists already, retired, idempotency key reused)"),
+        (422, "invalid input; `detail` says what and where"),
+        (503, "database or broker unavailable"))}

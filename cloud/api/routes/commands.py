@@ -12,7 +12,7 @@ from cloud.api import audit
 from cloud.api import commands as cmds
 from cloud.api.broker import BrokerUnavailableError
 from cloud.api.deps import BrokerDep, Conn, Technician, Viewer
-from cloud.api.routes.devices import NOT_FOUND, load_device
+from cloud.api.routes.devices import load_device
 from contract.profiles import load_profiles
 
 router = APIRouter(prefix="/devices/{device_id}/commands", tags=["commands"])
@@ -23,9 +23,7 @@ IdempotencyKey = Annotated[str | None, Header(
 
 
 @router.post("", response_model=cmds.CommandPublic, status_code=status.HTTP_202_ACCEPTED,
-             responses={**NOT_FOUND, 409: {"description": "idempotency key reused for another command"},
-                        422: {"description": "arguments the device would refuse"},
-                        503: {"description": "broker unreachable; the command is marked failed"}})
+)
 async def send_command(conn: Conn, broker: BrokerDep, who: Technician, device_id: str,
                        body: cmds.CommandRequest, response: Response,
                        idempotency_key: IdempotencyKey = None) -> cmds.CommandPublic:
@@ -73,14 +71,14 @@ def _same_or_conflict(first: cmds.CommandPublic, body: cmds.CommandRequest, resp
     return first
 
 
-@router.get("", response_model=list[cmds.CommandPublic], responses=NOT_FOUND)
+@router.get("", response_model=list[cmds.CommandPublic])
 async def list_commands(conn: Conn, who: Viewer, device_id: str,
                         limit: Annotated[int, Query(ge=1, le=1000)] = 50) -> list[cmds.CommandPublic]:
     await load_device(conn, device_id)
     return await cmds.list_commands(conn, device_id, limit)
 
 
-@router.get("/{command_id}", response_model=cmds.CommandPublic, responses=NOT_FOUND)
+@router.get("/{command_id}", response_model=cmds.CommandPublic)
 async def get_command(conn: Conn, who: Viewer, device_id: str, command_id: uuid.UUID) -> cmds.CommandPublic:
     got = await cmds.get_command(conn, device_id, command_id)
     if got is None:
@@ -89,7 +87,7 @@ async def get_command(conn: Conn, who: Viewer, device_id: str, command_id: uuid.
 
 
 @router.get("/{command_id}/image", response_class=Response,
-            responses={200: {"content": {"image/jpeg": {}}, "description": "the snapshot"}, **NOT_FOUND})
+            responses={200: {"content": {"image/jpeg": {}}, "description": "the snapshot"}})
 async def command_image(conn: Conn, who: Viewer, device_id: str, command_id: uuid.UUID) -> Response:
     cur = await conn.execute("SELECT image FROM device_commands WHERE device_id = %s AND command_id = %s",
                              (device_id, command_id))

@@ -9,7 +9,7 @@ from fastapi import APIRouter, HTTPException, Query, status
 from cloud.api import audit, twin
 from cloud.api.broker import BrokerUnavailableError
 from cloud.api.deps import BrokerDep, Conn, Technician, Viewer
-from cloud.api.routes.devices import NOT_FOUND, load_device
+from cloud.api.routes.devices import load_device
 from cloud.db import devices as db
 from contract import topics
 from contract.profiles import load_profiles
@@ -34,15 +34,14 @@ async def _apply(conn: Conn, broker: BrokerDep, who: Technician, device_id: str,
     return version
 
 
-@router.get("/devices/{device_id}/config", response_model=twin.TwinPublic, responses=NOT_FOUND)
+@router.get("/devices/{device_id}/config", response_model=twin.TwinPublic)
 async def get_config(conn: Conn, who: Viewer, device_id: str) -> twin.TwinPublic:
     await load_device(conn, device_id)
     return await twin.twin_view(conn, device_id)
 
 
 @router.put("/devices/{device_id}/config/desired", response_model=twin.TwinPublic,
-            responses={**NOT_FOUND, 422: {"description": "the settings do not fit the device's profile"},
-                       503: {"description": "broker unreachable; nothing changed"}})
+)
 async def set_desired(conn: Conn, broker: BrokerDep, who: Technician, device_id: str,
                       body: twin.DesiredRequest) -> twin.TwinPublic:
     """A new desired version, checked with the device's own validation, published retained."""
@@ -59,7 +58,7 @@ async def set_desired(conn: Conn, broker: BrokerDep, who: Technician, device_id:
     return await twin.twin_view(conn, device_id)
 
 
-@router.get("/devices/{device_id}/config/history", response_model=list[twin.DesiredPublic], responses=NOT_FOUND)
+@router.get("/devices/{device_id}/config/history", response_model=list[twin.DesiredPublic])
 async def config_history(conn: Conn, who: Viewer, device_id: str,
                          limit: Annotated[int, Query(ge=1, le=1000)] = 50) -> list[twin.DesiredPublic]:
     await load_device(conn, device_id)
@@ -67,7 +66,7 @@ async def config_history(conn: Conn, who: Viewer, device_id: str,
 
 
 @router.post("/config/bulk", response_model=list[twin.BulkResult],
-             responses={422: {"description": "no site or tag given"}})
+)
 async def bulk_desired(conn: Conn, broker: BrokerDep, who: Technician,
                        body: twin.BulkDesiredRequest) -> list[twin.BulkResult]:
     """One change to every active device of a site and/or tag; each device gets its own version, and one

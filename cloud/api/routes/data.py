@@ -9,7 +9,7 @@ from fastapi import APIRouter, HTTPException, Query, status
 from pydantic import BaseModel, Field
 
 from cloud.api.deps import Conn, Viewer
-from cloud.api.routes.devices import NOT_FOUND, load_device
+from cloud.api.routes.devices import load_device
 from contract.profiles import load_profiles
 
 router = APIRouter(tags=["data"])
@@ -89,7 +89,7 @@ async def fleet_summary(conn: Conn, who: Viewer,
                         outbox_backlog=float(row[0]) if row else 0.0)
 
 
-@router.get("/devices/{device_id}/readings/latest", response_model=list[Reading], responses=NOT_FOUND)
+@router.get("/devices/{device_id}/readings/latest", response_model=list[Reading])
 async def latest_readings(conn: Conn, who: Viewer, device_id: str,
                           max_age_h: Annotated[float, Query(gt=0, le=24 * 90)] = 24) -> list[Reading]:
     """The newest value of every metric of the device's profile (health metrics included)."""
@@ -114,7 +114,7 @@ def _source(span: timedelta, bucket_s: int) -> str:
     return "telemetry"
 
 
-@router.get("/devices/{device_id}/metrics/{metric}", response_model=Series, responses=NOT_FOUND)
+@router.get("/devices/{device_id}/metrics/{metric}", response_model=Series)
 async def metric_range(conn: Conn, who: Viewer, device_id: str, metric: str,
                        start: Annotated[datetime | None, Query(description="default: an hour before end")] = None,
                        end: Annotated[datetime | None, Query(description="default: now")] = None,
@@ -146,7 +146,7 @@ async def metric_range(conn: Conn, who: Viewer, device_id: str, metric: str,
     return Series(device_id=device_id, metric=metric, bucket_s=bucket_s, source=source, points=points)
 
 
-@router.get("/devices/{device_id}/traffic", response_model=list[TrafficCount], responses=NOT_FOUND)
+@router.get("/devices/{device_id}/traffic", response_model=list[TrafficCount])
 async def traffic(conn: Conn, who: Viewer, device_id: str, start: datetime | None = None,
                   end: datetime | None = None) -> list[TrafficCount]:
     """Objects counted per line, class and direction over [start, end) (default: the last hour)."""

@@ -14,7 +14,6 @@ from cloud.db import devices as db
 from contract.profiles import load_profiles
 
 router = APIRouter(prefix="/devices", tags=["devices"])
-NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "no such device"}}
 
 
 def _check_profile(profile: str) -> None:
@@ -35,8 +34,7 @@ def _audit_view(d: DevicePublic) -> dict[str, Any]:
     return d.model_dump(mode="json", exclude={"live", "updated_at", "created_at"})
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=DevicesCreated,
-             responses={409: {"description": "a device id exists already"}})
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=DevicesCreated)
 async def create_devices(conn: Conn, who: Technician,
                          body: Annotated[DeviceCreate | list[DeviceCreate], Body(
                              description="one device, or a list to provision many in one transaction")],
@@ -86,12 +84,12 @@ async def list_devices(conn: Conn, who: Viewer,
     return DevicePage(items=page, next_cursor=next_cursor)
 
 
-@router.get("/{device_id}", response_model=DevicePublic, responses=NOT_FOUND)
+@router.get("/{device_id}", response_model=DevicePublic)
 async def get_device(conn: Conn, who: Viewer, device_id: str) -> DevicePublic:
     return device_public(await load_device(conn, device_id))
 
 
-@router.patch("/{device_id}", response_model=DevicePublic, responses=NOT_FOUND)
+@router.patch("/{device_id}", response_model=DevicePublic)
 async def update_device(conn: Conn, who: Technician, device_id: str, body: DeviceUpdate) -> DevicePublic:
     """Change only the fields sent; `location: null` clears the location."""
     changes = body.model_dump(exclude_unset=True)
@@ -115,7 +113,7 @@ async def update_device(conn: Conn, who: Technician, device_id: str, body: Devic
     return after
 
 
-@router.delete("/{device_id}", response_model=DevicePublic, responses=NOT_FOUND)
+@router.delete("/{device_id}", response_model=DevicePublic)
 async def retire_device(conn: Conn, who: Technician, device_id: str) -> DevicePublic:
     """Retire: the device leaves lists and its data stays. Retiring twice is harmless."""
     async with conn.transaction():
