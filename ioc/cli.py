@@ -16,7 +16,7 @@ from rich.logging import RichHandler
 from rich.table import Table
 
 from ioc.api_cli import api_app
-from ioc.devices_cli import ApiError, cmd_app, config_app, devices_app
+from ioc.devices_cli import cmd_app, config_app, devices_app
 from ioc.endpoints import resolve, resolve_dsn
 from ioc.stack import Stack, StackError
 
@@ -255,6 +255,6 @@ def main() -> None:
         console.print(f"[red]error:[/red] the database has no IOC schema ({e.diag.message_primary}): "
                       "run `ioc db migrate` (or `ioc stack up`)")
         raise SystemExit(1) from None
-    except (ApiError, StackError, psycopg.OperationalError, RuntimeError, TimeoutError, ValueError) as e:
+    except (StackError, psycopg.OperationalError, RuntimeError, TimeoutError, ValueError) as e:
         console.print(f"[red]error:[/red] {e}")
         raise SystemExit(1) from None

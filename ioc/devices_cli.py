@@ -33,10 +33,6 @@ Json = Annotated[bool, typer.Option("--json", help="print the API's JSON answer"
 StackDir = Annotated[Path | None, typer.Option("--dir", help="stack folder holding the admin token")]
 
 
-class ApiError(RuntimeError):
-    """A 4xx/5xx answer, with the API's own explanation."""
-
-
 def client(api_url: str | None, token: str | None, directory: Path | None = None) -> httpx.Client:
     url = api_url or os.environ.get("IOC_API_URL") or "http://127.0.0.1:8080"
     token = token or os.environ.get("IOC_API_TOKEN")
@@ -45,21 +41,27 @@ def client(api_url: str | None, token: str | None, directory: Path | None = None
         if path is not None and path.exists():
             token = path.read_text().strip()
     if not token:
-        raise ApiError("no API token: pass --token, set IOC_API_TOKEN, or start `ioc api` on a local stack")
+        raise _fail("no API token: pass --token, set IOC_API_TOKEN, or start `ioc api` on a local stack")
     return httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=60)
 
 
+def _fail(msg: str) -> typer.Exit:
+    console.print(f"[red]error:[/red] {msg}")
+    return typer.Exit(1)
+
+
 def call(c: httpx.Client, method: str, path: str, **kw: Any) -> Any:
+    """One request; a 4xx/5xx ends the command with the API's own explanation."""
     try:
         r = c.request(method, path, **kw)
     except httpx.HTTPError as exc:
-        raise ApiError(f"registry API at {c.base_url} unreachable: {exc}") from None
+        raise _fail(f"registry API at {c.base_url} unreachable: {exc}") from None
     if r.status_code >= 400:
         try:
             detail = r.json().get("detail", r.text)
         except ValueError:
             detail = r.text
-        raise ApiError(f"{r.status_code}: {detail}")
+        raise _fail(f"{r.status_code}: {detail}")
     return r.json() if r.headers.get("content-type", "").startswith("application/json") else r.content
 
 
@@ -109,7 +111,7 @@ def import_devices(file: Annotated[Path, typer.Argument(help="JSON list of devic
     """Provision many devices, `chunk` per request, with a progress bar."""
     items = json.loads(file.read_text())
     if not isinstance(items, list):
-        raise ApiError(f"{file}: expected a JSON list of devices")
+        raise _fail(f"{file}: expected a JSON list of devices")
     with client(api_url, token, directory) as c, Progress(console=console) as bar:
         task = bar.add_task("provisioning", total=len(items))
         for i in range(0, len(items), chunk):
@@ -208,7 +210,7 @@ def _json_arg(text: str) -> Any:
     try:
         return json.loads(raw)
     except ValueError as exc:
-        raise ApiError(f"not JSON: {exc}") from None
+        raise _fail(f"not JSON: {exc}") from None
 
 
 # -- commands ---------------------------------------------------------------------------------
