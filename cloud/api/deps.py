@@ -33,14 +33,14 @@ def _broker(request: Request) -> Broker:
 BrokerDep = Annotated[Broker, Depends(_broker)]
 
 
-async def _principal(request: Request,
+async def _principal(conn: Conn,
                      creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> Principal:
+    """Uses the request's own connection (FastAPI resolves `Conn` once per request): taking a second one
+    from the pool would let 50 concurrent requests each hold one and wait for another."""
     if creds is None or creds.scheme.lower() != "bearer":
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, "missing API token: send 'Authorization: Bearer <token>'",
                             headers={"WWW-Authenticate": "Bearer"})
-    pool: AsyncConnectionPool = request.app.state.pool
-    async with pool.connection() as conn:
-        who = await lookup(conn, creds.credentials)
+    who = await lookup(conn, creds.credentials)
     if who is None:
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, "invalid or revoked API token",
                             headers={"WWW-Authenticate": "Bearer"})
