@@ -116,6 +116,8 @@ async def bench(stack: Stack, url: str, token: str, n_devices: int, n: int, conc
         live = threading.Thread(target=publish_live, args=(stack, ids, stop), daemon=True)
         live.start()
         await asyncio.sleep(8)  # the first full round reaches the database
+    async with httpx.AsyncClient(base_url=url, headers=headers, timeout=120,
+                                 limits=httpx.Limits(max_connections=conc)) as c:
         print(f"API, concurrency {conc}, live ingest running:")
 
         await load("(warm-up) get-device", lambda i: c.get(f"/devices/{random.choice(ids)}"), 200, conc)

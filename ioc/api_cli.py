@@ -49,7 +49,9 @@ def serve(ctx: typer.Context,
     path = token_file or admin_token_path(directory)
     settings = ApiSettings(dsn=ep.dsn, mqtt_host=ep.mqtt_host, mqtt_port=ep.mqtt_port, admin_token_file=path)
     console.print(f"registry API on http://{host}:{port} (docs at /docs); admin token file: {path or '-'}")
-    uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+    # Keep-alive longer than uvicorn's 5 s: clients (the CLI, dashboards) pause between calls, and a server
+    # closing an idle connection just as a client reuses it loses that request.
+    uvicorn.run(create_app(settings), host=host, port=port, log_level="warning", timeout_keep_alive=75)
 
 
 @api_app.command("token")
