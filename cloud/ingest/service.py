@@ -87,7 +87,7 @@ class IngestService:
         if backend is None:
             raise RuntimeError("database has no IOC schema: run `ioc db migrate` first")
         seen_written: dict[str, float] = {}
-        self._writers = [BatchWriter(self.settings.dsn, self.settings.instance, mark_rollups=backend == "postgres",
+        self._writers = [BatchWriter(self.settings.dsn, self.settings.instance, mark_rollups=True,
                                      seen_written=seen_written) for _ in range(self.settings.writers)]
         self._devices.refresh()
         loops: list[tuple[str, Callable[[], None]]] = [("ingest-decoder", self._decode_loop),
