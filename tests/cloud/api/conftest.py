@@ -2,38 +2,19 @@
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import httpx
 import pytest
 import uvicorn
+from api_helpers import RunningApi, free_port
 
 from cloud.api.app import create_app
 from cloud.api.settings import ApiSettings
 from ioc.stack import Stack
-
-
-@dataclass
-class RunningApi:
-    url: str
-    admin_token: str
-    token_file: Path
-
-    def client(self, token: str | None) -> httpx.Client:
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        return httpx.Client(base_url=self.url, headers=headers, timeout=30)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="session")
@@ -42,7 +23,7 @@ def api(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runn
     settings = ApiSettings(dsn=stack.dsn, mqtt_host=stack.mqtt_host, mqtt_port=stack.mqtt_port,
                            admin_token_file=token_file, client_id=f"registry-test-{uuid.uuid4().hex[:6]}",
                            sweep_interval_s=0.2)
-    port = _free_port()
+    port = free_port()
     server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -77,11 +58,3 @@ def as_role(api: RunningApi, admin: httpx.Client) -> Iterator[Callable[[str], ht
     yield get
     for c in made.values():
         c.close()
-
-
-def new_device(client: httpx.Client, prefix: str = "gw", **fields: object) -> dict:
-    body = {"device_id": f"{prefix}-{uuid.uuid4().hex[:8]}", "site": "district-01", "profile": "env-gateway",
-            **fields}
-    r = client.post("/devices", json=body)
-    assert r.status_code == 201, r.text
-    return r.json()["created"][0]  # type: ignore[no-any-return]

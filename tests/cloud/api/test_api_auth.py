@@ -6,7 +6,7 @@ import stat
 from collections.abc import Callable
 
 import httpx
-from conftest import RunningApi, new_device
+from api_helpers import RunningApi, new_device
 
 
 def _routes(api: RunningApi) -> list[tuple[str, str]]:

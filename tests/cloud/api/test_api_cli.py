@@ -7,7 +7,7 @@ import uuid
 from collections.abc import Callable
 
 import httpx
-from conftest import RunningApi
+from api_helpers import RunningApi
 from typer.testing import CliRunner
 
 from ioc.cli import app

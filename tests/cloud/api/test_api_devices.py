@@ -10,7 +10,7 @@ from collections.abc import Callable
 import httpx
 import paho.mqtt.client as mqtt
 import psycopg
-from conftest import new_device
+from api_helpers import new_device
 from paho.mqtt.enums import CallbackAPIVersion
 from support import wait_until
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import new_device
+from api_helpers import new_device
 from support import wait_until
 
 from cloud.ingest.service import IngestService

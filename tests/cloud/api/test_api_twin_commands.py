@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import paho.mqtt.client as mqtt
 import pytest
-from conftest import new_device
+from api_helpers import new_device
 from paho.mqtt.enums import CallbackAPIVersion
 from support import wait_until
 
