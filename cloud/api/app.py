@@ -21,6 +21,7 @@ from psycopg_pool import AsyncConnectionPool
 from cloud.api import commands
 from cloud.api.auth import ensure_admin_token
 from cloud.api.broker import Broker
+from cloud.api.credentials import BrokerAuth
 from cloud.api.models import ERRORS
 from cloud.api.routes import admin, config, data, devices
 from cloud.api.routes import commands as command_routes
@@ -53,6 +54,10 @@ def create_app(settings: ApiSettings) -> FastAPI:
             await ensure_admin_token(conn, settings.admin_token_file)
         broker = Broker(settings, partial(commands.handle_reply, pool))
         app.state.pool, app.state.broker = pool, broker
+        app.state.broker_auth = None
+        if settings.broker_auth_dir is not None:
+            app.state.broker_auth = BrokerAuth(settings.broker_auth_dir, settings.broker_pid_file)
+            await app.state.broker_auth.apply(pool)
         tasks = [asyncio.create_task(broker.run(), name="registry-mqtt"),
                  asyncio.create_task(_sweep_forever(pool, settings.sweep_interval_s), name="command-sweeper")]
         with contextlib.suppress(TimeoutError):

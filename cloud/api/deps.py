@@ -12,6 +12,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from cloud.api.auth import Principal, Role, lookup
 from cloud.api.broker import Broker
+from cloud.api.credentials import BrokerAuth
 
 _bearer = HTTPBearer(auto_error=False, description="an API token: `Authorization: Bearer ioc_...`")
 
@@ -31,6 +32,22 @@ def _broker(request: Request) -> Broker:
 
 
 BrokerDep = Annotated[Broker, Depends(_broker)]
+
+
+def _pool(request: Request) -> AsyncConnectionPool:
+    pool: AsyncConnectionPool = request.app.state.pool
+    return pool
+
+
+Pool = Annotated[AsyncConnectionPool, Depends(_pool)]
+
+
+def _broker_auth(request: Request) -> BrokerAuth | None:
+    auth: BrokerAuth | None = request.app.state.broker_auth
+    return auth
+
+
+BrokerAuthDep = Annotated[BrokerAuth | None, Depends(_broker_auth)]
 
 
 async def _principal(conn: Conn,

@@ -107,6 +107,14 @@ class DevicePage(BaseModel):
 
 class DevicesCreated(BaseModel):
     created: list[DevicePublic]
+    credentials: dict[str, str] | None = Field(
+        default=None, description="broker password per device id, when the registry issues broker credentials; "
+        "shown only now, stored only as a hash")
+
+
+class CredentialsIssued(BaseModel):
+    username: str
+    password: str = Field(description="shown only now; the old password stops working at once")
 
 
 class TokenCreate(_Request):

@@ -21,4 +21,7 @@ class ApiSettings(BaseSettings):
         default=None, description="where the bootstrap admin token is written (mode 0600) when no admin exists")
     pool_min: int = Field(default=2, ge=1, le=100)
     pool_max: int = Field(default=10, ge=1, le=200)
+    broker_auth_dir: Path | None = Field(
+        default=None, description="issue per-device broker credentials into this folder (see ioc.stack.broker_auth)")
+    broker_pid_file: Path | None = Field(default=None, description="Mosquitto's pid file, to reload it (SIGHUP)")
     sweep_interval_s: float = Field(default=0.5, gt=0, le=60, description="how often open commands are checked")

@@ -7,8 +7,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, HTTPException, Query, status
 
 from cloud.api import audit
-from cloud.api.deps import Conn, Technician, Viewer
-from cloud.api.models import DeviceCreate, DevicePage, DevicePublic, DevicesCreated, DeviceUpdate
+from cloud.api.deps import BrokerAuthDep, Conn, Pool, Technician, Viewer
+from cloud.api.models import CredentialsIssued, DeviceCreate, DevicePage, DevicePublic, DevicesCreated, DeviceUpdate
 from cloud.api.views import decode_cursor, device_public, encode_cursor
 from cloud.db import devices as db
 from contract.profiles import load_profiles
@@ -35,7 +35,7 @@ def _audit_view(d: DevicePublic) -> dict[str, Any]:
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=DevicesCreated)
-async def create_devices(conn: Conn, who: Technician,
+async def create_devices(conn: Conn, who: Technician, pool: Pool, broker_auth: BrokerAuthDep,
                          body: Annotated[DeviceCreate | list[DeviceCreate], Body(
                              description="one device, or a list to provision many in one transaction")],
                          ) -> DevicesCreated:
@@ -56,7 +56,10 @@ async def create_devices(conn: Conn, who: Technician,
             raise HTTPException(status.HTTP_409_CONFLICT, f"already registered: {', '.join(sorted(existing)[:20])}")
         created = [device_public(r) for r in await db.get_devices(conn, ids)]
         await audit.record_many(conn, who, "device.create", [(d.device_id, None, _audit_view(d)) for d in created])
-    return DevicesCreated(created=created)
+        passwords = await broker_auth.issue(conn, ids) if broker_auth else None
+    if broker_auth is not None:
+        await broker_auth.apply(pool)
+    return DevicesCreated(created=created, credentials=passwords)
 
 
 @router.get("", response_model=DevicePage)
@@ -114,13 +117,35 @@ async def update_device(conn: Conn, who: Technician, device_id: str, body: Devic
 
 
 @router.delete("/{device_id}", response_model=DevicePublic)
-async def retire_device(conn: Conn, who: Technician, device_id: str) -> DevicePublic:
-    """Retire: the device leaves lists and its data stays. Retiring twice is harmless."""
+async def retire_device(conn: Conn, who: Technician, pool: Pool, broker_auth: BrokerAuthDep,
+                        device_id: str) -> DevicePublic:
+    """Retire: the device leaves lists, its broker credentials are revoked (the broker drops it at once),
+    its data stays. Retiring twice is harmless."""
     async with conn.transaction():
         before = device_public(await load_device(conn, device_id))
         if before.retired_at is None:
             await db.retire_device(conn, device_id)
+            if broker_auth is not None:
+                await broker_auth.revoke(conn, device_id)
         after = device_public(await load_device(conn, device_id))
         if before.retired_at is None:
             await audit.record(conn, who, "device.retire", device_id, _audit_view(before), _audit_view(after))
+    if broker_auth is not None:
+        await broker_auth.apply(pool)
     return after
+
+
+@router.post("/{device_id}/credentials", response_model=CredentialsIssued, status_code=status.HTTP_201_CREATED)
+async def rotate_credentials(conn: Conn, who: Technician, pool: Pool, broker_auth: BrokerAuthDep,
+                             device_id: str) -> CredentialsIssued:
+    """A new broker password for the device (shown once); the old one stops working at once."""
+    if broker_auth is None:
+        raise HTTPException(status.HTTP_409_CONFLICT, "this registry does not issue broker credentials")
+    async with conn.transaction():
+        device = await load_device(conn, device_id)
+        if device["retired_at"] is not None:
+            raise HTTPException(status.HTTP_409_CONFLICT, f"device {device_id!r} is retired")
+        passwords = await broker_auth.issue(conn, [device_id])
+        await audit.record(conn, who, "credentials.rotate", device_id, None, {"username": device_id})
+    await broker_auth.apply(pool)
+    return CredentialsIssued(username=device_id, password=passwords[device_id])

@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
 
 import httpx
 import pytest
-import uvicorn
-from api_helpers import RunningApi, free_port
+from api_helpers import RunningApi, serve
 
-from cloud.api.app import create_app
 from cloud.api.settings import ApiSettings
 from ioc.stack import Stack
 
@@ -23,18 +19,9 @@ def api(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runn
     settings = ApiSettings(dsn=stack.dsn, mqtt_host=stack.mqtt_host, mqtt_port=stack.mqtt_port,
                            admin_token_file=token_file, client_id=f"registry-test-{uuid.uuid4().hex[:6]}",
                            sweep_interval_s=0.2)
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive(), "the API thread ended before it started serving"
-        assert time.monotonic() < deadline, "the API did not start"
-        time.sleep(0.05)
-    yield RunningApi(f"http://127.0.0.1:{port}", token_file.read_text().strip(), token_file)
-    server.should_exit = True
-    thread.join(15)
+    server, url = serve(settings)
+    yield RunningApi(url, token_file.read_text().strip(), token_file)
+    server.stop()
 
 
 @pytest.fixture(scope="session")
