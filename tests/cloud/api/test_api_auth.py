@@ -10,7 +10,7 @@ from api_helpers import RunningApi, new_device
 
 
 def _routes(api: RunningApi) -> list[tuple[str, str]]:
-    spec = httpx.get(f"{api.url}/openapi.json").json()
+    spec = httpx.get(f"{api.url}/openapi.json", timeout=60).json()
     return [(m.upper(), p) for p, ops in spec["paths"].items() for m in ops if p != "/health"]
 
 

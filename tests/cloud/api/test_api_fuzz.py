@@ -24,4 +24,4 @@ schema = schemathesis.pytest.from_fixture("api_schema")
 @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
 def test_no_server_error_and_schema_conformance(case: schemathesis.Case, api: RunningApi) -> None:
     case.call_and_validate(headers={"Authorization": f"Bearer {api.admin_token}"},
-                           checks=[not_a_server_error, response_schema_conformance])
+                           checks=[not_a_server_error, response_schema_conformance], timeout=60)
