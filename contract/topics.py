@@ -23,7 +23,7 @@ def check_segment(value: str, what: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Topic:
-    """A parsed contract topic: `kind` is tlm, evt, state, cfg or cmd."""
+    """A parsed contract topic: `kind` is tlm, evt, state, cfg, cmd or ack."""
 
     kind: str
     device_id: str
@@ -64,6 +64,12 @@ def command_response(device_id: str, requester: str) -> str:
     return f"rsp/v1/{device_id}/{requester}"
 
 
+def watermark(device_id: str) -> str:
+    """Retained, published by ingest after its commits: what the database holds of this device's messages
+    (`contract.watermark.Watermark`). Per device, so a broker ACL can let each device read only its own."""
+    return f"ack/v1/{device_id}"
+
+
 # Filters the cloud subscribes to.
 TELEMETRY_FILTER = "tlm/v1/+/+/+"
 EVENTS_FILTER = "evt/v1/+/+/+"
@@ -79,7 +85,7 @@ def parse(topic: str) -> Topic:
     kind = parts[0]
     if kind in ("tlm", "evt") and len(parts) == 5:
         return Topic(kind, device_id=parts[3], site=parts[2], leaf=parts[4])
-    if kind == "state" and len(parts) == 3:
+    if kind in ("state", "ack") and len(parts) == 3:
         return Topic(kind, device_id=parts[2])
     if kind in ("cfg", "cmd") and len(parts) == 4:
         return Topic(kind, device_id=parts[2], leaf=parts[3])
