@@ -56,6 +56,14 @@ def command(device_id: str, name: str) -> str:
     return f"cmd/v1/{device_id}/{name}"
 
 
+SINGLE_LEVEL = "+"
+
+
+def command_response(device_id: str, requester: str) -> str:
+    """Response topic of a command: the device publishes its reply here; only `requester` reads it."""
+    return f"rsp/v1/{device_id}/{requester}"
+
+
 def watermark(device_id: str) -> str:
     """Retained, published by ingest after its commits: what the database holds of this device's messages
     (`contract.watermark.Watermark`). Per device, so a broker ACL can let each device read only its own."""

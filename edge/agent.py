@@ -45,21 +45,12 @@ import paho.mqtt.client as mqtt
 from contract import topics
 from contract.messages import CountSample, Event, MetricSample, StatusMessage, now_ms
 from contract.profiles import DeviceProfile, get_profile
+from contract.twin import CommandReply, DesiredConfig, ReportedConfig, SetInterval, parse_desired
 from edge.config import ConfigError, DeviceConfig, Settings, validate_for_profile
 from edge.drain import Drainer
 from edge.health import HealthProbe
 from edge.outbox import Outbox, Record
-from edge.remote import (
-    CommandError,
-    CommandReply,
-    DesiredConfig,
-    ReportedConfig,
-    SetInterval,
-    desired_version_of,
-    make_reply,
-    parse_desired,
-    with_interval,
-)
+from edge.remote import CommandError, desired_version_of, make_reply, with_interval
 from edge.sampling import Sampler, ThresholdChecker
 from edge.sensors import SensorDriver, build_driver
 from edge.session import Session, reply_properties

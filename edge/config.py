@@ -23,9 +23,18 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from contract.messages import DeviceId
 from contract.profiles import DeviceProfile
 from contract.topics import check_segment
+from contract.twin import (  # the settings models live in the contract; re-exported for edge code
+    HEALTH_STREAM,
+    ConfigError,
+    DrainSettings,
+    MetricSettings,
+    Settings,
+    check_settings,
+)
 from edge.sensors.config import SensorConfig
 
-HEALTH_STREAM = "health"
+__all__ = ["HEALTH_STREAM", "ConfigError", "DeviceConfig", "DrainSettings", "MetricSettings", "Settings",
+           "check_settings", "load_config", "validate_for_profile"]
 
 
 class _Strict(BaseModel):
@@ -81,50 +90,6 @@ class OutboxConfig(_Strict):
     )
 
 
-class DrainSettings(_Strict):
-    """How a backlog leaves after an outage; live rows always go first."""
-
-    messages_per_s: float = Field(default=20.0, gt=0, le=10_000, description="backlog messages per second")
-    batch_size: int = Field(default=500, ge=1, le=5000, description="rows (samples) per backlog message")
-    order: Literal["oldest", "newest"] = Field(default="oldest", description="which end of the backlog first")
-
-
-class MetricSettings(_Strict):
-    enabled: bool = True
-    interval_s: float | None = Field(
-        default=None,
-        ge=0.05,
-        le=86400,
-        description="reporting interval; None = the profile's",
-    )
-    reads_per_interval: int = Field(
-        default=1, ge=1, le=600, description="sensor reads aggregated per interval"
-    )
-    aggregate: Literal["mean", "min", "max", "last"] = Field(
-        default="mean",
-        description="which window statistic is published",
-    )
-    high: float | None = Field(default=None, description="raise an event at once when a reading exceeds this")
-    low: float | None = Field(
-        default=None, description="raise an event at once when a reading falls below this"
-    )
-    severity: Literal["info", "warning", "critical"] = "warning"
-
-    @model_validator(mode="after")
-    def _limits_are_ordered(self) -> MetricSettings:
-        if self.high is not None and self.low is not None and self.low >= self.high:
-            raise ValueError(f"low {self.low} must be below high {self.high}")
-        return self
-
-
-class Settings(_Strict):
-    """The remotely steerable part; a desired config replaces it as a whole."""
-
-    heartbeat_s: float = Field(default=30.0, ge=0.05, le=3600, description="heartbeat (health) period")
-    metrics: dict[str, MetricSettings] = Field(default_factory=dict, description="per-metric overrides")
-    drain: DrainSettings = Field(default_factory=DrainSettings)
-
-
 class DeviceConfig(_Strict):
     device_id: DeviceId
     site: str = Field(description="site id, a topic segment")
@@ -141,25 +106,6 @@ class DeviceConfig(_Strict):
         check_segment(self.device_id, "device_id")
         check_segment(self.site, "site")
         return self
-
-
-class ConfigError(ValueError):
-    """A configuration that does not fit the device profile; the message says what and where."""
-
-
-def check_settings(settings: Settings, profile: DeviceProfile) -> None:
-    """Refuse settings that name unknown metrics or thresholds outside the profile's range."""
-    for name, ms in settings.metrics.items():
-        spec = profile.metrics.get(name)
-        if spec is None:
-            raise ConfigError(f"metrics.{name}: not in profile {profile.profile!r}")
-        if spec.stream == HEALTH_STREAM:
-            raise ConfigError(f"metrics.{name}: health metrics follow heartbeat_s")
-        for label, limit in (("high", ms.high), ("low", ms.low)):
-            if limit is not None and not spec.min <= limit <= spec.max:
-                raise ConfigError(
-                    f"metrics.{name}.{label}={limit:g} outside [{spec.min:g}, {spec.max:g}] {spec.unit}"
-                )
 
 
 def check_sensors(config: DeviceConfig, profile: DeviceProfile) -> None:

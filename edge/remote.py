@@ -25,65 +25,21 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 from pydantic_core import from_json
 
-from contract.messages import CommandReply, EpochMs, now_ms
-from contract.profiles import DeviceProfile
-from edge.config import ConfigError, MetricSettings, Settings, check_settings
+from contract.messages import now_ms
+from contract.twin import MAX_DESIRED_BYTES, CommandReply, ConfigError, MetricSettings, Settings
 
 log = logging.getLogger(__name__)
 
-MAX_DESIRED_BYTES = 256 * 1024  # a desired config is a few KB; anything near this is junk or an attack
 MAX_ARGS_BYTES = 64 * 1024
-
-
-class DesiredConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    version: int = Field(ge=0, description="monotonic; the device refuses anything older than it runs")
-    settings: Settings
-
-
-class ReportedConfig(BaseModel):
-    """Retained on cfg/v1/{device_id}/reported. Proposed for contract/messages.py."""
-
-    v: Literal[1] = 1
-    device_id: str
-    boot_id: str
-    ts: EpochMs
-    status: Literal["applied", "rejected", "override"]
-    version: int = Field(description="the version the device runs now")
-    desired_version: int | None = Field(default=None, description="the version that was offered")
-    error: str | None = None
-    settings: Settings
-
-
-class SetInterval(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-    metric: str
-    interval_s: float = Field(ge=0.05, le=86400)
 
 
 class CommandError(ValueError):
     """A command that cannot be carried out; its text goes back in the reply."""
-
-
-def parse_desired(payload: bytes | bytearray | str, profile: DeviceProfile) -> DesiredConfig:
-    """Decode and validate a desired config; raises ConfigError with a readable reason. Strict: "30" is
-    not a number of seconds, true is not a version."""
-    if len(payload) > MAX_DESIRED_BYTES:
-        raise ConfigError(f"desired config of {len(payload)} bytes is over the limit of {MAX_DESIRED_BYTES}")
-    try:
-        desired = DesiredConfig.model_validate_json(payload, strict=True)
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()[:5])
-        raise ConfigError(problems) from None
-    check_settings(desired.settings, profile)
-    return desired
 
 
 def desired_version_of(payload: bytes | bytearray) -> int | None:

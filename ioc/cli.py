@@ -16,6 +16,8 @@ from rich.logging import RichHandler
 from rich.table import Table
 
 from ioc.alerts_cli import alerts_app
+from ioc.api_cli import api_app
+from ioc.devices_cli import cmd_app, config_app, devices_app
 from ioc.endpoints import resolve, resolve_dsn
 from ioc.grafana_cli import grafana_app
 from ioc.report import report_command
@@ -25,10 +27,12 @@ console = Console()
 app = typer.Typer(help="City IOC telemetry platform: local stack, ingest, simulator, demo.", no_args_is_help=True)
 stack_app = typer.Typer(help="A real Mosquitto + PostgreSQL on loopback, data under --dir.", no_args_is_help=True)
 db_app = typer.Typer(help="Database schema and upkeep.", no_args_is_help=True)
-devices_app = typer.Typer(help="Provision devices (the registry).", no_args_is_help=True)
 app.add_typer(stack_app, name="stack")
 app.add_typer(db_app, name="db")
-app.add_typer(devices_app, name="devices")
+app.add_typer(devices_app, name="devices")  # the technician's CLI on the registry API
+app.add_typer(config_app, name="config")
+app.add_typer(cmd_app, name="cmd")
+app.add_typer(api_app, name="api")
 app.add_typer(alerts_app, name="alerts")
 app.add_typer(grafana_app, name="grafana")
 app.command("report")(report_command)
@@ -135,33 +139,6 @@ def db_maintain(dsn: Dsn = None, directory: StackDir = None) -> None:
 
     with psycopg.connect(resolve_dsn(dsn, directory), autocommit=True) as conn:
         console.print(run_maintenance(conn))
-
-
-# -- devices ----------------------------------------------------------------------------------
-@devices_app.command("register")
-def devices_register(device_id: str, site: Annotated[str, typer.Option()],
-                     profile: Annotated[str, typer.Option(help="a profile from firmware-config/profiles")],
-                     dsn: Dsn = None, directory: StackDir = None) -> None:
-    from cloud.db.devices import register_devices
-
-    with psycopg.connect(resolve_dsn(dsn, directory)) as conn:
-        try:
-            register_devices(conn, [(device_id, site, profile)])
-        except ValueError as e:
-            raise _fail(str(e)) from None
-    console.print(f"registered {device_id} at {site} ({profile})")
-
-
-@devices_app.command("list")
-def devices_list(dsn: Dsn = None, directory: StackDir = None, limit: int = 50) -> None:
-    with psycopg.connect(resolve_dsn(dsn, directory)) as conn:
-        rows = conn.execute(
-            "SELECT d.device_id, d.site, d.profile, s.online, s.last_seen, s.boot_id FROM devices d"
-            " LEFT JOIN device_status s USING (device_id) ORDER BY d.device_id LIMIT %s", (limit,)).fetchall()
-    t = Table("device", "site", "profile", "online", "last seen", "boot")
-    for r in rows:
-        t.add_row(r[0], r[1], r[2], "yes" if r[3] else "no", str(r[4] or "-"), str(r[5] or "-")[:8])
-    console.print(t)
 
 
 # -- ingest -----------------------------------------------------------------------------------

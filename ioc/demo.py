@@ -87,6 +87,10 @@ def run_demo(console: Console, directory: Path | None, gateways: int, cameras: i
     ingest_log = stack.root / "ingest.log"
     console.print(f"[bold]2/4[/bold] starting ingest (log: {ingest_log})")
     ingest = _start_ingest(stack, ingest_log)
+    api = subprocess.Popen([sys.executable, "-m", "ioc", "api", "--dir", str(stack.root)],  # the registry API
+                           stdout=(stack.root / "api.log").open("ab"), stderr=subprocess.STDOUT)
+    console.print(f"      registry API: http://127.0.0.1:8080/docs (admin token: {stack.root / 'api-admin-token'};"
+                  f" log: {stack.root / 'api.log'})")
     fleet = Fleet(FleetSpec(gateways=gateways, cameras=cameras, interval_s=interval_s, seed=seed, fault_rate=0.002))
     with psycopg.connect(stack.dsn) as conn:
         register_devices(conn, fleet.registrations())
@@ -117,6 +121,7 @@ def run_demo(console: Console, directory: Path | None, gateways: int, cameras: i
     finally:
         signal.signal(signal.SIGINT, previous)
         time.sleep(1.0)  # let the last batch commit before ingest stops
+        api.terminate()
         ingest.send_signal(signal.SIGTERM)
         try:
             ingest.wait(20)

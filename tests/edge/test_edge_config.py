@@ -9,8 +9,8 @@ import pytest
 from pydantic import ValidationError
 
 from contract.profiles import get_profile
+from contract.twin import parse_desired
 from edge.config import ConfigError, DeviceConfig, load_config, validate_for_profile
-from edge.remote import parse_desired
 
 SAMPLE = Path(__file__).resolve().parents[2] / "edge" / "sample-device.yaml"
 PROFILE = get_profile("env-gateway")

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
+import time
+import urllib.request
 from pathlib import Path
 
 import psycopg
@@ -30,8 +33,42 @@ def ioc(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return proc
 
 
+class ApiProcess:
+    """`ioc api` on a free port, as a technician's laptop would reach it."""
+
+    def __init__(self, root: Path) -> None:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}"
+        self.proc = subprocess.Popen([sys.executable, "-m", "ioc", "api", "--dir", str(root), "--port", str(port)],
+                                     cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 60
+        while not (root / "api-admin-token").exists() or not _answers(self.url):
+            assert self.proc.poll() is None, "ioc api exited"
+            assert time.monotonic() < deadline, "ioc api did not start"
+            time.sleep(0.2)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(30)
+
+
+def _answers(url: str) -> bool:
+    try:
+        urllib.request.urlopen(f"{url}/health", timeout=2)
+    except OSError:
+        return False
+    return True
+
+
+def _start_api(root: Path) -> ApiProcess:
+    return ApiProcess(root)
+
+
 def test_stack_up_is_idempotent_reports_status_and_keeps_data_across_down_and_up() -> None:
     root = Path(tempfile.mkdtemp(prefix="cli-stack-", dir=REPO / ".ioc"))
+    api: ApiProcess | None = None
     try:
         first = ioc("stack", "up", "--dir", str(root))
         assert "mosquitto: started" in first.stdout
@@ -40,20 +77,26 @@ def test_stack_up_is_idempotent_reports_status_and_keeps_data_across_down_and_up
         again = ioc("stack", "up", "--dir", str(root))
         assert "mosquitto: already running" in again.stdout
         assert "postgres: already running" in again.stdout
-        ioc("devices", "register", "gw-cli-1", "--site", "district-01", "--profile", "env-gateway", "--dir", str(root))
+        api = _start_api(root)  # `ioc devices` goes through the registry API
+        ioc("devices", "register", "gw-cli-1", "--site", "district-01", "--profile", "env-gateway", "--dir", str(root),
+            "--api-url", api.url)
         status = ioc("status", "--dir", str(root))
         assert "running" in status.stdout
         assert "devices online" in status.stdout
         assert "0 / 1" in status.stdout
         bad = ioc("devices", "register", "gw-cli-2", "--site", "d", "--profile", "toaster", "--dir", str(root),
-                  check=False)
+                  "--api-url", api.url, check=False)
         assert bad.returncode == 1
         assert "unknown profile 'toaster'" in bad.stdout
+        api.stop()
         ioc("stack", "down", "--dir", str(root))
         assert "stopped" in ioc("stack", "status", "--dir", str(root)).stdout
         ioc("stack", "up", "--dir", str(root))
-        assert "gw-cli-1" in ioc("devices", "list", "--dir", str(root)).stdout  # data survived
+        api = _start_api(root)
+        assert "gw-cli-1" in ioc("devices", "list", "--dir", str(root), "--api-url", api.url).stdout  # data survived
     finally:
+        if api is not None:
+            api.stop()
         subprocess.run([sys.executable, "-m", "ioc", "stack", "down", "--dir", str(root)], capture_output=True,
                        check=False, cwd=REPO)
         shutil.rmtree(root, ignore_errors=True)
@@ -91,7 +134,7 @@ def test_commands_on_a_database_without_schema_say_to_migrate(stack: object) -> 
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     try:
-        out = ioc("devices", "list", "--dsn", dsn.rsplit("/", 1)[0] + "/" + name, check=False)
+        out = ioc("ingest", "--stats", "--dsn", dsn.rsplit("/", 1)[0] + "/" + name, check=False)
         assert out.returncode == 1
         assert "ioc db migrate" in out.stdout
     finally:

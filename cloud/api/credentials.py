@@ -1,0 +1,66 @@
+"""Broker credentials from the registry: issued when a device is created, replaced on rotate, revoked on
+retire; after each change the password and ACL files are rendered from the database and Mosquitto reloads
+them (SIGHUP: no restart, and a revoked device's open connection is dropped).
+
+Off unless `ApiSettings.broker_auth_dir` is set, so brokers that still let clients in anonymously keep
+working. Rotation replaces the password at once: with the username pinned to the device id there is one
+password per device, so a grace period for the old one is not possible on Mosquitto 2.0's password file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+from typing import cast
+
+from psycopg import AsyncConnection
+from psycopg_pool import AsyncConnectionPool
+
+from ioc.stack import broker_auth as ba
+
+log = logging.getLogger(__name__)
+
+
+class BrokerAuth:
+    def __init__(self, auth_dir: Path, pid_file: Path | None) -> None:
+        self.auth_dir, self.pid_file = auth_dir, pid_file
+        self._lock = asyncio.Lock()
+
+    async def issue(self, conn: AsyncConnection, device_ids: list[str]) -> dict[str, str]:
+        """New passwords (replacing any) for these devices, in the caller's transaction; returns them once."""
+        passwords = {d: ba.new_password() for d in device_ids}
+        hashes = await asyncio.to_thread(lambda: [(d, ba.hash_password(p)) for d, p in passwords.items()])
+        async with conn.cursor() as cur:
+            await cur.executemany(
+                "INSERT INTO broker_credentials (username, device_id, role, password_hash)"
+                " VALUES (%s, %s, 'device', %s) ON CONFLICT (username) DO UPDATE SET"
+                " password_hash = EXCLUDED.password_hash, created_at = now(), revoked_at = NULL",
+                [(d, d, h) for d, h in hashes])
+        return passwords
+
+    async def revoke(self, conn: AsyncConnection, device_id: str) -> None:
+        await conn.execute("UPDATE broker_credentials SET revoked_at = now() WHERE device_id = %s"
+                           " AND revoked_at IS NULL", (device_id,))
+
+    async def apply(self, pool: AsyncConnectionPool) -> None:
+        """Render both files from what is committed now and make the broker reload them. Serialised, so the
+        last render always includes every change committed before it started."""
+        async with self._lock, pool.connection() as conn:
+            cur = await conn.execute("SELECT username, device_id, role, password_hash FROM broker_credentials"
+                                     " WHERE revoked_at IS NULL ORDER BY username")
+            rows = await cur.fetchall()
+            devices = [ba.DeviceGrant(u, h, d, "") for u, d, role, h in rows if role == "device"]
+            services = [ba.ServiceGrant(u, h, cast(ba.ServiceRole, role)) for u, d, role, h in rows if role != "device"]
+            await asyncio.to_thread(ba.install, self.auth_dir, devices, services)
+            pid = self._broker_pid()
+            if pid is not None:
+                ba.reload(pid)
+            else:
+                log.warning("broker pid unknown (%s): credential files written, broker not reloaded", self.pid_file)
+
+    def _broker_pid(self) -> int | None:
+        if self.pid_file is None or not self.pid_file.exists():
+            return None
+        text = self.pid_file.read_text().strip()
+        return int(text) if text.isdigit() else None

@@ -1,0 +1,1 @@
+"""Thin routes: parse, authorise, call the service functions, shape the answer."""

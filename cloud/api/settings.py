@@ -1,0 +1,27 @@
+"""Settings of the registry API (`IOC_API_*` variables or flags of `ioc api`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ApiSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="IOC_API_", extra="forbid")
+
+    dsn: str = Field(description="PostgreSQL URL of the IOC database")
+    mqtt_host: str = Field(default="127.0.0.1", description="broker the registry publishes config and commands to")
+    mqtt_port: int = Field(default=1883, ge=1, le=65535)
+    mqtt_username: str | None = Field(default=None, description="broker credentials of the registry")
+    mqtt_password: str | None = Field(default=None, description="never logged")
+    client_id: str = Field(default="ioc-registry", description="MQTT client id; command replies come back to it")
+    admin_token_file: Path | None = Field(
+        default=None, description="where the bootstrap admin token is written (mode 0600) when no admin exists")
+    pool_min: int = Field(default=2, ge=1, le=100)
+    pool_max: int = Field(default=10, ge=1, le=200)
+    broker_auth_dir: Path | None = Field(
+        default=None, description="issue per-device broker credentials into this folder (see ioc.stack.broker_auth)")
+    broker_pid_file: Path | None = Field(default=None, description="Mosquitto's pid file, to reload it (SIGHUP)")
+    sweep_interval_s: float = Field(default=0.5, gt=0, le=60, description="how often open commands are checked")
