@@ -74,6 +74,8 @@ class CameraPipeline:
         self.model_id = self.detector.model_id
         self.gate = MotionGate(config.motion, self.detector.input_size)
         self.tracker = ByteTracker(config.tracker)
+        # ByteTrack's second stage needs the weak detections too: ask the detector down to low_conf.
+        self.detect_conf = min(config.tracker.low_conf, getattr(config.model, "conf", 1.0))
         self.lines = [LineCounter(cfg, config.classes) for cfg in config.lines]
         self.ground = GroundPlane(config.homography) if config.homography else None
         self.zones = [ZoneMonitor(z, self._head_world(z.queue_head)) for z in config.zones]
@@ -104,7 +106,7 @@ class CameraPipeline:
             x0, y0, x1, y1 = decision.region
             image = frame.image[y0:y1, x0:x1]
         started = time.perf_counter()
-        dets = self.detector.detect(image)
+        dets = self.detector.detect(image, conf=self.detect_conf)
         ms = (time.perf_counter() - started) * 1000
         if decision.region is None:
             return dets, ms
@@ -132,7 +134,7 @@ class CameraPipeline:
         self.last_frame = frame
         dets, ms = self._detect(frame)
         if dets is not None:
-            tracked = self.tracker.update(dets, frame.t)
+            tracked = self.tracker.update(dets, frame.t, frame.image)
             gone = self.tracker.removed
             for counter in self.lines:
                 counter.forget(gone)
@@ -143,7 +145,7 @@ class CameraPipeline:
             tracked = self.last_tracked  # nothing moved: same objects, same places
         result = FrameResult(frame, tracked, dets is not None, ms)
         for counter in self.lines:
-            for crossing in counter.trigger(tracked):
+            for crossing in counter.trigger(tracked, frame.t):
                 self.totals[(crossing.line, crossing.cls, crossing.direction)] += 1
                 result.crossings.append(crossing)
                 if crossing.wrong_way:

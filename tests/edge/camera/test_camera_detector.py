@@ -96,12 +96,11 @@ def _opencv_reference(net: cv2.dnn.Net, image: np.ndarray, size: int, det: OnnxD
 def _with_trained_masks(cfg_text: str) -> str:
     masks = registry.MODELS["yolov3-tiny-coco"].yolo_masks or {}
     out, head = [], -1
-    for line in cfg_text.splitlines():
-        if line.strip().startswith("[yolo]"):
+    for raw in cfg_text.splitlines():
+        if raw.strip().startswith("[yolo]"):
             head += 1
-        if line.replace(" ", "").startswith("mask=") and head in masks:
-            line = "mask = " + ",".join(str(m) for m in masks[head])
-        out.append(line)
+        trained = raw.replace(" ", "").startswith("mask=") and head in masks
+        out.append("mask = " + ",".join(str(m) for m in masks[head]) if trained else raw)
     return "\n".join(out) + "\n"
 
 
