@@ -76,6 +76,18 @@ class MotionConfig(_Cfg):
     full_frame_fraction: float = Field(
         default=0.5, gt=0, le=1, description="motion region above this -> whole frame"
     )
+    track_interval_s: float = Field(
+        default=0.25,
+        ge=0,
+        le=5,
+        description="while all motion is on tracked objects, detect this often and predict between; 0 = never skip",
+    )
+    camera_motion: bool = Field(
+        default=True, description="suspend counts, speeds and congestion while the camera itself moves"
+    )
+    flicker: float = Field(
+        default=0.6, gt=0, le=1, description="pixels moving more than this share of the time are ignored"
+    )
 
 
 class TrackerConfig(_Cfg):

@@ -255,6 +255,15 @@ class ByteTracker:
         """Confirmed tracks updated at time t."""
         return _as_detections([tr for tr in self.tracks if tr.hits >= self.cfg.min_hits and tr.last_t == t])
 
+    def predicted(self, t: float, max_gap_s: float) -> sv.Detections:
+        """Confirmed tracks seen within `max_gap_s`, at their Kalman prediction for time t (frames the
+        motion gate let the detector skip)."""
+        live = [tr for tr in self.tracks if tr.hits >= self.cfg.min_hits and t - tr.last_t <= max_gap_s]
+        dets = _as_detections(live)
+        if live:
+            dets.xyxy = np.array([tr.box_at(t) for tr in live], np.float32)
+        return dets
+
     def confirmed(self) -> sv.Detections:
         """All confirmed tracks at their last position (carried over while the detector is idle)."""
         return _as_detections([tr for tr in self.tracks if tr.hits >= self.cfg.min_hits])
