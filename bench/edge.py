@@ -78,7 +78,7 @@ def bench_drain(tmp: Path, rows: list[Record]) -> float:
     t0 = time.perf_counter()
     while msgs := d.next_messages():
         for m in msgs:
-            d.acked(m.row_ids)
+            d.acked(m)
     rate = len(rows) / (time.perf_counter() - t0)
     ob.close()
     return rate

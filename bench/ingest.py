@@ -132,7 +132,7 @@ class CommitLog:
 
 
 def run_ours(name: str, stack: Stack, devices: list[str], messages: int, publishers: int, window: int, batch: int,
-             receive_max: int, rate: float, generator: str) -> dict:
+             receive_max: int, rate: float, generator: str, watermark: bool = True) -> dict:
     log = CommitLog()
 
     def hook(batch: Sequence[Decoded], committed: int) -> None:
@@ -140,7 +140,8 @@ def run_ours(name: str, stack: Stack, devices: list[str], messages: int, publish
 
     svc = IngestService(IngestSettings(dsn=stack.dsn, mqtt_host=stack.mqtt_host, mqtt_port=stack.mqtt_port,
                                        instance="bench-ingest", stats_interval_s=2.0,
-                                       batch_max_messages=batch, receive_maximum=receive_max),
+                                       batch_max_messages=batch, receive_maximum=receive_max,
+                                       watermark=watermark),
                         on_commit=hook)
     svc.start()
     assert svc.wait_connected(10)
@@ -242,6 +243,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=IngestSettings.model_fields["batch_max_messages"].default)
     ap.add_argument("--receive-max", type=int, default=IngestSettings.model_fields["receive_maximum"].default)
     ap.add_argument("--skip-naive", action="store_true", help="only the ingest service (tuning runs)")
+    ap.add_argument("--watermark", choices=["on", "off"], default="on",
+                    help="ingest publishes each device's committed (boot_id, seq) on ack/v1/{id} (the default)")
     args = ap.parse_args()
 
     root = Path(tempfile.mkdtemp(prefix="bench-", dir=REPO / ".ioc"))
@@ -259,10 +262,10 @@ def main() -> None:
         if args.rate:
             print(f"ingest service, offered {args.rate:,.0f} msg/s: {args.messages:,} messages …", flush=True)
             results.append(run_ours("ingest, paced", stack, fleets["paced"], args.messages, *common, *ingest,
-                                    args.rate, args.generator))
+                                    args.rate, args.generator, watermark=args.watermark == "on"))
         print(f"ingest service, unpaced: {args.messages:,} messages …", flush=True)
         results.append(run_ours("ingest, unpaced", stack, fleets["max"], args.messages, *common, *ingest, 0,
-                                args.generator))
+                                args.generator, watermark=args.watermark == "on"))
         if not args.skip_naive:
             print(f"naive subscriber, unpaced: {args.naive_messages:,} messages …", flush=True)
             results.append(run_naive(stack, fleets["naive"], args.naive_messages, *common, 0, args.generator))

@@ -23,7 +23,7 @@ def check_segment(value: str, what: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Topic:
-    """A parsed contract topic: `kind` is tlm, evt, state, cfg or cmd."""
+    """A parsed contract topic: `kind` is tlm, evt, state, cfg, cmd or ack."""
 
     kind: str
     device_id: str
@@ -56,6 +56,12 @@ def command(device_id: str, name: str) -> str:
     return f"cmd/v1/{device_id}/{name}"
 
 
+def watermark(device_id: str) -> str:
+    """Retained, published by ingest after its commits: what the database holds of this device's messages
+    (`contract.watermark.Watermark`). Per device, so a broker ACL can let each device read only its own."""
+    return f"ack/v1/{device_id}"
+
+
 # Filters the cloud subscribes to.
 TELEMETRY_FILTER = "tlm/v1/+/+/+"
 EVENTS_FILTER = "evt/v1/+/+/+"
@@ -71,7 +77,7 @@ def parse(topic: str) -> Topic:
     kind = parts[0]
     if kind in ("tlm", "evt") and len(parts) == 5:
         return Topic(kind, device_id=parts[3], site=parts[2], leaf=parts[4])
-    if kind == "state" and len(parts) == 3:
+    if kind in ("state", "ack") and len(parts) == 3:
         return Topic(kind, device_id=parts[2])
     if kind in ("cfg", "cmd") and len(parts) == 4:
         return Topic(kind, device_id=parts[2], leaf=parts[3])

@@ -167,7 +167,8 @@ class Agent:
         self.sources: list[Source] = ([self.sampler] if self.sampler else []) + list(sources)
         self.sink = _OutboxSink(self)
         self.health = HealthProbe(self.profile, ob.path)
-        self.drainer = Drainer(self.outbox, config.device_id, config.site, self.boot_id, self.settings.drain)
+        self.drainer = Drainer(self.outbox, config.device_id, config.site, self.boot_id, self.settings.drain,
+                               forget_on=ob.forget_on, resend_after_s=ob.resend_after_s)
         self.session = Session(
             device_id=config.device_id,
             broker=config.broker,
@@ -315,12 +316,8 @@ class Agent:
             self.config_version = desired.version
             self.outbox.set_meta(_APPLIED_KEY, desired.model_dump_json())
             log.info("applied remote config v%d", desired.version)
-            # Refresh the retained status so state/v1 carries the config version now running.
-            self.session.publish_direct(
-                topics.state(self.config.device_id),
-                self._birth().model_dump_json(exclude_none=True),
-                retain=True,
-            )
+            # A new birth (a new connection) so state/v1 carries the config version now running.
+            self.session.rebirth()
         self._report("applied", desired.version)
 
     def apply_settings(self, settings: Settings) -> None:

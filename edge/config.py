@@ -70,6 +70,15 @@ class OutboxConfig(_Strict):
         default="full",
         description="full survives power loss; normal only a process crash",
     )
+    forget_on: Literal["watermark", "puback"] = Field(
+        default="watermark",
+        description="watermark: keep a row until ingest's ack/v1 watermark says the database has it (survives "
+        "a broker crash); puback: forget it on the broker's PUBACK (a broker without watermarking ingest)",
+    )
+    resend_after_s: float = Field(
+        default=15.0, gt=0,
+        description="rows the broker acknowledged but no watermark covered are sent again after this",
+    )
 
 
 class DrainSettings(_Strict):

@@ -7,9 +7,17 @@ At each (re)connection the outbox splits in two at its highest row id:
 * **backlog** -- rows from before: sent in batches of `batch_size` at `messages_per_s`, oldest- or
   newest-first, through a token bucket. `flush` lifts the rate limit until the backlog is empty.
 
-Rows are only *selected* here; they are deleted by `acked()` once the broker's PUBACK arrives. On a
-reconnect everything unacknowledged is selected again (cursors reset), which may resend a message
-the broker did get -- ingest stores by natural key, so a resend never becomes a duplicate row.
+Rows are only *selected* here. With `forget_on="watermark"` (the agent's default) a PUBACK (`acked()`)
+marks them at the broker, and ingest's watermark (`watermark()`) deletes them once the database has the
+message; with `"puback"` the PUBACK deletes them. On a reconnect everything not yet at the broker is
+selected again (cursors reset), which may resend a message the broker did get -- ingest stores by
+natural key, so a resend never becomes a duplicate row.
+
+Rows at the broker but not covered by a watermark are sent again (`tick()`, checked once a second):
+* after a reconnect, rows acknowledged on an earlier connection (the broker may have lost them in a
+  crash) once `resend_after_s` passed without a watermark covering any of them;
+* rows of this boot below a seq that a watermark covered `resend_after_s` ago: a later message is in the
+  database, this one is not (a broker crash, or ingest killed between its commit and its watermark).
 """
 
 from __future__ import annotations
@@ -18,9 +26,14 @@ import json
 import logging
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
+from typing import Literal
+
+from pydantic import ValidationError
 
 from contract import topics
+from contract.watermark import BootAck, Watermark
 from edge.config import DrainSettings
 from edge.outbox import Outbox, Row
 
@@ -34,14 +47,30 @@ class OutMessage:
     topic: str
     payload: bytes
     row_ids: tuple[int, ...]
+    seq: int = -1
+
+
+ForgetOn = Literal["watermark", "puback"]
 
 
 class Drainer:
-    def __init__(self, outbox: Outbox, device_id: str, site: str, boot_id: str, drain: DrainSettings) -> None:
+    def __init__(self, outbox: Outbox, device_id: str, site: str, boot_id: str, drain: DrainSettings,
+                 *, forget_on: ForgetOn = "puback", resend_after_s: float = 15.0) -> None:
         self.outbox = outbox
         self.device_id, self.site, self.boot_id = device_id, site, boot_id
         self.drain = drain
+        self.forget_on = forget_on
+        self.resend_after_s = resend_after_s
         self._lock = threading.Lock()
+        self._link = 0
+        self._inflight_rows: set[int] = set()  # handed to the session, not yet acknowledged
+        self._latest: dict[str, BootAck] = {}  # last watermark seen per boot
+        self._linked_at = time.monotonic()
+        self._earlier_progress = time.monotonic()  # last time a watermark covered rows of an earlier link
+        self._tops: deque[tuple[float, int]] = deque()  # (when, newest committed seq of this boot)
+        self._top_then = -1  # newest committed seq of this boot as of resend_after_s ago
+        self._next_tick = 0.0
+        self.resent = 0  # rows sent again because no watermark covered them
         self._live_cursor = 0
         self._backlog_mark = 0
         self._backlog_cursor = 0
@@ -58,14 +87,22 @@ class Drainer:
     def reset(self) -> None:
         """Called on every (re)connect: whatever is not acknowledged is due again."""
         with self._lock:
-            mark = self.outbox.max_id()
-            self._live_cursor = mark
-            self._backlog_mark = mark
-            self._backlog_cursor = 0 if self.drain.order == "oldest" else mark + 1
-            self._backlog_done = mark == 0
-            self._tokens = 1.0
-            self._unthrottled = False
-            self._last_refill = time.monotonic()
+            if self.forget_on == "watermark":
+                self._link = self.outbox.next_link()
+            self._inflight_rows.clear()
+            self._linked_at = self._earlier_progress = time.monotonic()
+            self._rescan()
+
+    def _rescan(self) -> None:
+        """Cursors from scratch: live after the newest row, backlog over everything before."""
+        mark = self.outbox.max_id()
+        self._live_cursor = mark
+        self._backlog_mark = mark
+        self._backlog_cursor = 0 if self.drain.order == "oldest" else mark + 1
+        self._backlog_done = mark == 0
+        self._tokens = 1.0
+        self._unthrottled = False
+        self._last_refill = time.monotonic()
 
     def flush(self) -> None:
         """Send the backlog at full speed (bounded only by the in-flight window) until it is empty."""
@@ -84,25 +121,28 @@ class Drainer:
             if rows:
                 self._live_cursor = rows[-1].id
                 return self._assemble(rows)
-            if self._backlog_done or not self._take_token():
-                return []
-            if self.drain.order == "oldest":
-                rows = self.outbox.fetch(
-                    above=self._backlog_cursor, below=self._backlog_mark + 1, limit=batch
-                )
-                if rows:
-                    self._backlog_cursor = rows[-1].id
-            else:
-                rows = self.outbox.fetch(below=self._backlog_cursor, newest_first=True, limit=batch)
-                if rows:
-                    self._backlog_cursor = rows[-1].id
-                    rows.reverse()
-            if not rows:
-                self._backlog_done = True
-                self._unthrottled = False
-                log.info("outbox backlog drained")
-                return []
-            return self._assemble(rows)
+            return self._backlog_batch(batch)
+
+    def _backlog_batch(self, batch: int) -> list[OutMessage]:
+        if self._backlog_done or not self._take_token():
+            return []
+        if self.drain.order == "oldest":
+            rows = self.outbox.fetch(
+                above=self._backlog_cursor, below=self._backlog_mark + 1, limit=batch
+            )
+            if rows:
+                self._backlog_cursor = rows[-1].id
+        else:
+            rows = self.outbox.fetch(below=self._backlog_cursor, newest_first=True, limit=batch)
+            if rows:
+                self._backlog_cursor = rows[-1].id
+                rows.reverse()
+        if not rows:
+            self._backlog_done = True
+            self._unthrottled = False
+            log.info("outbox backlog drained")
+            return []
+        return self._assemble(rows)
 
     def _take_token(self) -> bool:
         if self._unthrottled:
@@ -119,6 +159,8 @@ class Drainer:
     def _assemble(self, rows: list[Row]) -> list[OutMessage]:
         """One message per topic group, keeping row order inside each group."""
         groups: dict[tuple[str, str], list[Row]] = {}
+        rows = [r for r in rows if r.id not in self._inflight_rows]  # a rescan meets rows still in flight
+        self._inflight_rows.update(r.id for r in rows)
         for r in rows:
             groups.setdefault((r.kind, r.leaf), []).append(r)
         now_ms = int(time.time() * 1000)
@@ -128,24 +170,77 @@ class Drainer:
                 topic = topics.events(self.site, self.device_id, leaf)
             else:
                 topic = topics.telemetry(self.site, self.device_id, leaf)
+            seq = self.outbox.next_seq()
             head = json.dumps(
-                {
-                    "v": 1,
-                    "device_id": self.device_id,
-                    "boot_id": self.boot_id,
-                    "seq": self.outbox.next_seq(),
-                    "sent_at": now_ms,
-                },
+                {"v": 1, "device_id": self.device_id, "boot_id": self.boot_id, "seq": seq, "sent_at": now_ms},
                 separators=(",", ":"),
             )
             payload = f'{head[:-1]},"{_ITEMS_KEY[kind]}":[{",".join(r.body for r in group)}]}}'
-            out.append(OutMessage(topic, payload.encode(), tuple(r.id for r in group)))
+            out.append(OutMessage(topic, payload.encode(), tuple(r.id for r in group), seq))
         return out
 
-    def acked(self, row_ids: tuple[int, ...]) -> None:
-        self.outbox.ack(row_ids)
+    def acked(self, message: OutMessage) -> None:
+        """The broker's PUBACK: the rows are at the broker (or, forgetting on PUBACK, done with)."""
+        with self._lock:
+            self._inflight_rows.difference_update(message.row_ids)
+            latest = self._latest.get(self.boot_id)
+            if self.forget_on == "puback" or (latest is not None and latest.covers(message.seq)):
+                self.outbox.ack(message.row_ids)  # the watermark came first
+            else:
+                self.outbox.at_broker(message.row_ids, self.boot_id, message.seq, self._link)
 
-    def rejected(self, row_ids: tuple[int, ...], reason: str) -> None:
+    def rejected(self, message: OutMessage, reason: str) -> None:
         """The broker refused the message (negative PUBACK): retrying cannot help, so drop it."""
-        log.error("broker refused %d rows (%s); dropping them", len(row_ids), reason)
-        self.outbox.ack(row_ids)
+        log.error("broker refused %d rows (%s); dropping them", len(message.row_ids), reason)
+        with self._lock:
+            self._inflight_rows.difference_update(message.row_ids)
+            self.outbox.ack(message.row_ids)
+
+    def watermark(self, payload: bytes) -> int:
+        """Ingest's watermark arrived: forget the rows the database has. Returns the rows removed; a
+        payload that is not a valid watermark for this device is logged and ignored."""
+        try:
+            wm = Watermark.model_validate_json(payload)
+        except ValidationError as e:
+            log.warning("ignoring an invalid watermark: %s", e.errors()[:1])
+            return 0
+        if wm.device_id != self.device_id:
+            log.warning("ignoring a watermark for %r", wm.device_id)
+            return 0
+        removed = 0
+        with self._lock:
+            for ack in wm.boots:
+                n, earlier = self.outbox.confirm(ack.boot_id, ack.ranges, self._link)
+                removed += n
+                if earlier:
+                    self._earlier_progress = time.monotonic()
+                self._latest[ack.boot_id] = ack
+                if ack.boot_id == self.boot_id:
+                    self._tops.append((time.monotonic(), ack.seq))
+        return removed
+
+    def tick(self) -> None:
+        """Once a second at most: send again rows at the broker that no watermark covered in time."""
+        now = time.monotonic()
+        if self.forget_on != "watermark" or now < self._next_tick:
+            return
+        self._next_tick = now + 1.0
+        with self._lock:
+            while self._tops and now - self._tops[0][0] >= self.resend_after_s:
+                self._top_then = max(self._top_then, self._tops.popleft()[1])
+            holes = self.outbox.resend(boot=self.boot_id, below_seq=self._top_then) if self._top_then >= 0 else 0
+            lost = 0
+            if now - max(self._linked_at, self._earlier_progress) >= self.resend_after_s:
+                lost = self.outbox.resend(before_link=self._link)
+                self._earlier_progress = now
+            if holes or lost:
+                self.resent += holes + lost
+                log.warning("no watermark covered %d rows the broker had acknowledged (%d before the last "
+                            "reconnect); sending them again", holes + lost, lost)
+                self._rescan_backlog()
+
+    def _rescan_backlog(self) -> None:
+        """The backlog pass again over every row before the live cursor (rows due again are among them)."""
+        self._backlog_mark = self._live_cursor
+        self._backlog_cursor = 0 if self.drain.order == "oldest" else self._live_cursor + 1
+        self._backlog_done = False

@@ -1,5 +1,7 @@
 """Store-and-forward outbox: every sample is committed to SQLite (WAL) before anything is published,
-and a row is deleted only once the broker has acknowledged the message carrying it (QoS 1 PUBACK).
+and a row is deleted only once the database has it: the broker's PUBACK marks it `AT_BROKER` with the
+(boot_id, seq) of the message that carried it, and ingest's watermark (`contract.watermark`) covering
+that message deletes it. (With `forget_on: puback` the PUBACK deletes it, as before watermarks.)
 
 One row is one contract item -- a `MetricSample`, `CountSample` or `Event` -- stored as its JSON
 body with its topic group (`kind`, `leaf`). Messages are assembled from rows at send time (see
@@ -9,6 +11,10 @@ Bounds: total body bytes (`max_bytes`) and row age (`max_age_s`); beyond them th
 dropped, and the drop count is kept in the file so it survives restarts and reaches the heartbeat.
 The envelope `seq` also survives restarts: it is reserved in blocks in the `meta` table, so a crash
 skips numbers but never repeats one.
+
+A row at the broker records the connection (`link`, a persisted counter) it was acknowledged on: after a
+reconnect the broker may have lost it (Mosquitto acknowledges before it writes to disk), and the drainer
+sends such rows again when no watermark covers them in time (`resend`).
 
 Thread-safety: one connection behind a lock; the sampler thread writes, the session thread reads
 and acknowledges.
@@ -28,6 +34,7 @@ log = logging.getLogger(__name__)
 
 Kind = Literal["tlm", "counts", "evt"]
 SEQ_BLOCK = 1000
+TO_SEND, AT_BROKER = 0, 1  # row states
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
@@ -41,6 +48,8 @@ CREATE TABLE IF NOT EXISTS outbox (
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
+# Added with the end-to-end acknowledgement; an outbox file from before gets them on open.
+_SENT_COLUMNS = {"state": "INTEGER NOT NULL DEFAULT 0", "boot": "TEXT", "seq": "INTEGER", "link": "INTEGER"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +81,11 @@ class Outbox:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(f"PRAGMA synchronous={'FULL' if sync == 'full' else 'NORMAL'}")
         self._db.executescript(_SCHEMA)
+        have = {r[1] for r in self._db.execute("PRAGMA table_info(outbox)")}
+        for col, decl in _SENT_COLUMNS.items():
+            if col not in have:
+                self._db.execute(f"ALTER TABLE outbox ADD COLUMN {col} {decl}")
+        self._db.execute("CREATE INDEX IF NOT EXISTS outbox_sent ON outbox (boot, seq) WHERE boot IS NOT NULL")
         rows, size = self._db.execute("SELECT count(*), coalesce(sum(size), 0) FROM outbox").fetchone()
         self._rows: int = rows
         self._bytes: int = size
@@ -127,6 +141,67 @@ class Outbox:
             self._db.execute("COMMIT")
         return removed
 
+    def at_broker(self, ids: Sequence[int], boot: str, seq: int, link: int) -> None:
+        """The broker acknowledged the message (boot, seq) carrying these rows on connection `link`."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            for i in range(0, len(ids), 900):
+                chunk = list(ids[i : i + 900])
+                self._db.execute(
+                    f"UPDATE outbox SET state = {AT_BROKER}, boot = ?, seq = ?, link = ? "
+                    f"WHERE id IN ({','.join('?' * len(chunk))})",
+                    [boot, seq, link, *chunk],
+                )
+            self._db.execute("COMMIT")
+
+    def confirm(self, boot: str, ranges: Iterable[tuple[int, int]], link: int) -> tuple[int, int]:
+        """Delete rows whose last message (boot, seq) the database has; returns (rows removed, of which
+        acknowledged by the broker on an earlier connection than `link`)."""
+        removed = earlier = 0
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            for lo, hi in ranges:
+                rows = self._db.execute(
+                    "DELETE FROM outbox WHERE boot = ? AND seq BETWEEN ? AND ? RETURNING size, state, link",
+                    (boot, lo, hi),
+                ).fetchall()
+                removed += len(rows)
+                earlier += sum(1 for _, st, ln in rows if st == AT_BROKER and ln is not None and ln < link)
+                self._bytes -= sum(r[0] for r in rows)
+            self._rows -= removed
+            self._db.execute("COMMIT")
+        return removed, earlier
+
+    def resend(self, *, before_link: int | None = None, boot: str | None = None, below_seq: int | None = None) -> int:
+        """Rows at the broker that are due again: acknowledged on a connection before `before_link`, or
+        of `boot` with a seq below `below_seq` (a later message was committed, this one was not)."""
+        with self._lock:
+            if before_link is not None:
+                cur = self._db.execute(
+                    f"UPDATE outbox SET state = {TO_SEND} WHERE state = {AT_BROKER} AND link < ?", (before_link,)
+                )
+            else:
+                cur = self._db.execute(
+                    f"UPDATE outbox SET state = {TO_SEND} WHERE state = {AT_BROKER} AND boot = ? AND seq < ?",
+                    (boot, below_seq),
+                )
+            return cur.rowcount
+
+    def count_at_broker(self, before_link: int) -> int:
+        with self._lock:
+            (n,) = self._db.execute(
+                f"SELECT count(*) FROM outbox WHERE state = {AT_BROKER} AND link < ?", (before_link,)
+            ).fetchone()
+        return int(n)
+
+    def next_link(self) -> int:
+        """A new connection number, persisted: rows acknowledged on older ones may be lost at the broker."""
+        with self._lock:
+            link = int(self._db.execute("SELECT coalesce(max(value + 0), 0) FROM meta WHERE key = 'link'")
+                       .fetchone()[0]) + 1
+            self._set_meta_locked("link", str(link))
+        return link
+
     def enforce_age(self, now_ms: int) -> int:
         """Drop rows older than `max_age_s` (by creation time); returns the count dropped."""
         with self._lock:
@@ -141,21 +216,33 @@ class Outbox:
         return len(sizes)
 
     def _drop_over_bytes(self) -> int:
-        """Inside a transaction: delete the oldest rows until the byte bound holds."""
+        """Inside a transaction: delete rows until the byte bound holds. Rows the broker already has go
+        first (only a broker crash could still lose them), oldest first; then unsent rows, oldest first,
+        which is data lost and counted. Returns the unsent rows dropped."""
         dropped = 0
         while self._bytes > self.max_bytes and self._rows > 0:
             excess = self._bytes - self.max_bytes
-            cut, acc = None, 0
-            for row_id, size in self._db.execute("SELECT id, size FROM outbox ORDER BY id LIMIT 5000"):
+            ids, acc = [], 0
+            for row_id, size in self._db.execute(
+                f"SELECT id, size FROM outbox ORDER BY state = {AT_BROKER} DESC, id LIMIT 5000"
+            ):
                 acc += size
-                cut = row_id
+                ids.append(row_id)
                 if acc >= excess:
                     break
-            if cut is None:
+            if not ids:
                 break
-            sizes = self._db.execute("DELETE FROM outbox WHERE id <= ? RETURNING size", (cut,)).fetchall()
-            self._note_drops(sizes)
-            dropped += len(sizes)
+            for i in range(0, len(ids), 900):
+                chunk = ids[i : i + 900]
+                rows = self._db.execute(
+                    f"DELETE FROM outbox WHERE id IN ({','.join('?' * len(chunk))}) RETURNING size, state", chunk
+                ).fetchall()
+                released = [(size,) for size, st in rows if st == AT_BROKER]
+                self._rows -= len(released)
+                self._bytes -= sum(r[0] for r in released)
+                unsent = [(size,) for size, st in rows if st != AT_BROKER]
+                self._note_drops(unsent)
+                dropped += len(unsent)
         return dropped
 
     def _note_drops(self, sizes: list[tuple[int]]) -> None:
@@ -181,8 +268,8 @@ class Outbox:
         newest_first: bool = False,
         limit: int = 500,
     ) -> list[Row]:
-        """Rows with above < id < below, oldest or newest first."""
-        sql = "SELECT id, kind, leaf, body FROM outbox WHERE id > ? AND id < ? ORDER BY id "
+        """Rows still to send with above < id < below, oldest or newest first."""
+        sql = f"SELECT id, kind, leaf, body FROM outbox WHERE id > ? AND id < ? AND state = {TO_SEND} ORDER BY id "
         sql += "DESC LIMIT ?" if newest_first else "LIMIT ?"
         lo = -1 if above is None else above
         hi = 2**62 if below is None else below

@@ -8,7 +8,8 @@ exponential backoff capped at `backoff_max_s`.
 
 `connected` becomes true only on a successful CONNACK (a refused CONNECT is logged with its reason
 code and retried with backoff), and false as soon as the link drops. On connect: subscribe to the
-device's desired-config and command topics, publish the retained birth (`StatusMessage` online),
+device's desired-config and command topics and its watermark (`ack/v1/{id}`, handed to the drainer),
+publish the retained birth (`StatusMessage` online, the will's timestamp),
 and reset the drainer so unacknowledged rows are sent again. The last will (retained offline
 status) is set on every client; a clean `stop()` publishes the offline status itself.
 """
@@ -32,7 +33,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from contract import topics
 from contract.messages import StatusMessage, now_ms
 from edge.config import BrokerConfig
-from edge.drain import Drainer
+from edge.drain import Drainer, OutMessage
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,7 @@ class Session:
         on_connected: Callable[[], None] | None = None,
     ) -> None:
         self.device_id = device_id
+        self._watermark_topic = topics.watermark(device_id)
         self.broker = broker
         self.drainer = drainer
         self._birth = birth
@@ -66,11 +68,13 @@ class Session:
         self._client: mqtt.Client | None = None
         self._connected = threading.Event()
         self._stop = threading.Event()
+        self._rebirth = threading.Event()
         self._stop_reason = "shutdown"
-        self._inflight: dict[int, tuple[int, ...]] = {}
+        self._inflight: dict[int, OutMessage] = {}
         self._thread: threading.Thread | None = None
         self._rng = random.Random()
         self.connects = 0
+        self.connection_ts = now_ms()  # the ts of this connection's will and birth (see _new_client)
         self.last_refusal: str | None = None
 
     # -- public API ------------------------------------------------------------------------------
@@ -100,6 +104,14 @@ class Session:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
+    def rebirth(self) -> None:
+        """Publish a fresh birth (e.g. a new config version) by starting a new connection: a clean
+        DISCONNECT (the broker drops the old will unsent), then CONNECT with a new will and a birth that
+        share a new timestamp. Re-publishing the birth on the same connection could not do it: with the
+        old ts ingest keeps the status it has, with a newer ts ingest would drop the will that carries
+        the old one."""
+        self._rebirth.set()
+
     def publish_direct(
         self, topic: str, payload: bytes | str, *, retain: bool = False, properties: Properties | None = None
     ) -> bool:
@@ -126,12 +138,15 @@ class Session:
                 keyfile=str(b.tls.key_file) if b.tls.key_file else None,
             )
             client.tls_insecure_set(b.tls.insecure)
+        # One timestamp for this connection's will, birth and every re-birth: ingest applies a status only
+        # when its ts is newer, or equal and offline, so the will must never look older than the birth.
+        self.connection_ts = now_ms()
         birth = self._birth()
         will = StatusMessage(
             device_id=self.device_id,
             status="offline",
             boot_id=birth.boot_id,
-            ts=now_ms(),
+            ts=self.connection_ts,
             firmware=birth.firmware,
             profile=birth.profile,
             config_version=birth.config_version,
@@ -166,6 +181,9 @@ class Session:
             self._inflight.clear()
             if self._stop.is_set():
                 break
+            if self._rebirth.is_set():
+                self._rebirth.clear()
+                continue  # asked for: reconnect at once
             attempt = 0 if time.monotonic() - started > STABLE_AFTER_S else attempt + 1
             delay = backoff_delay(attempt, self.broker.backoff_min_s, self.broker.backoff_max_s, self._rng)
             log.info("mqtt reconnect in %.2f s (attempt %d)", delay, attempt)
@@ -181,6 +199,11 @@ class Session:
                     log.warning("mqtt connection lost: %s", mqtt.error_string(rc))
                 break
             if self.connected:
+                if self._rebirth.is_set():
+                    client.disconnect()  # reason 0: the will is discarded; _run connects again at once
+                    client.loop(timeout=IDLE_TICK_S)
+                    break
+                self.drainer.tick()
                 self._pump(client)
         else:
             self._goodbye(client)
@@ -198,7 +221,7 @@ class Session:
                 info = client.publish(m.topic, m.payload, qos=1)
                 if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
                     return  # link is going down; the rows are resent after the reconnect
-                self._inflight[info.mid] = m.row_ids
+                self._inflight[info.mid] = m
 
     def _goodbye(self, client: mqtt.Client) -> None:
         """Clean stop: retained offline status, wait briefly for its PUBACK, DISCONNECT (no will)."""
@@ -233,10 +256,11 @@ class Session:
             return
         self.connects += 1
         self.last_refusal = None
-        client.subscribe(
-            [(topics.config_desired(self.device_id), 1), (topics.command(self.device_id, "+"), 1)]
-        )
-        birth = self._birth().model_copy(update={"ts": now_ms()})
+        subs = [(topics.config_desired(self.device_id), 1), (topics.command(self.device_id, "+"), 1)]
+        if self.drainer.forget_on == "watermark":
+            subs.append((self._watermark_topic, 1))
+        client.subscribe(subs)
+        birth = self._birth().model_copy(update={"ts": self.connection_ts})
         client.publish(
             topics.state(self.device_id), birth.model_dump_json(exclude_none=True), qos=1, retain=True
         )
@@ -265,16 +289,19 @@ class Session:
         reason_code: ReasonCode,
         properties: Properties | None,
     ) -> None:
-        row_ids = self._inflight.pop(mid, None)
-        if row_ids is None:
+        sent = self._inflight.pop(mid, None)
+        if sent is None:
             return  # a direct publish (status, reported, reply)
         if reason_code.is_failure:
-            self.drainer.rejected(row_ids, str(reason_code))
+            self.drainer.rejected(sent, str(reason_code))
         else:
-            self.drainer.acked(row_ids)
+            self.drainer.acked(sent)
 
     def _handle_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
         try:
+            if message.topic == self._watermark_topic:
+                self.drainer.watermark(bytes(message.payload))
+                return
             self._on_message(message)
         except Exception:
             log.exception("handler failed for message on %s", message.topic)

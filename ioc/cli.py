@@ -69,16 +69,19 @@ def _status_table(stack: Stack) -> Table:
 @stack_app.command("up")
 def stack_up(directory: StackDir = None, mqtt_port: Annotated[int | None, typer.Option()] = None,
              pg_port: Annotated[int | None, typer.Option()] = None,
+             backend: Annotated[Backend | None, typer.Option(
+                 help="auto: TimescaleDB when it is installed (kept for the next runs)")] = None,
              migrate: Annotated[bool, typer.Option(help="apply schema migrations")] = True) -> None:
     """Start Mosquitto and PostgreSQL (idempotent) and migrate the schema."""
     try:
-        stack = Stack.load(directory, mqtt_port=mqtt_port, pg_port=pg_port)
+        stack = Stack.load(directory, mqtt_port=mqtt_port, pg_port=pg_port,
+                           backend=backend.value if backend else None)
         already = stack.up()
         if migrate:
             from cloud.db.migrate import migrate as run_migrate
 
-            backend, applied = run_migrate(stack.dsn)
-            console.print(f"schema: {backend} backend, {len(applied)} migration(s) applied")
+            backend_used, applied = run_migrate(stack.dsn, stack.backend)
+            console.print(f"schema: {backend_used} backend, {len(applied)} migration(s) applied")
     except StackError as e:
         raise _fail(str(e)) from None
     for name, was in already.items():
@@ -278,6 +281,6 @@ def main() -> None:
         console.print(f"[red]error:[/red] the database has no IOC schema ({e.diag.message_primary}): "
                       "run `ioc db migrate` (or `ioc stack up`)")
         raise SystemExit(1) from None
-    except (StackError, psycopg.OperationalError, RuntimeError, TimeoutError, ValueError) as e:
+    except (StackError, psycopg.Error, RuntimeError, TimeoutError, ValueError) as e:
         console.print(f"[red]error:[/red] {e}")
         raise SystemExit(1) from None

@@ -82,7 +82,7 @@ def run_demo(console: Console, directory: Path | None, gateways: int, cameras: i
     stack = Stack.load(directory)
     console.print("[bold]1/4[/bold] starting the local stack (Mosquitto + PostgreSQL)…")
     stack.up()
-    backend, applied = migrate(stack.dsn)
+    backend, applied = migrate(stack.dsn, stack.backend)
     console.print(f"      schema ready: {backend} backend ({len(applied)} migrations applied now)")
     ingest_log = stack.root / "ingest.log"
     console.print(f"[bold]2/4[/bold] starting ingest (log: {ingest_log})")

@@ -16,6 +16,7 @@ class SystemStatus:
     dead_letters: int
     instances: list[dict[str, object]]
     recent_dead: list[tuple[str, str]]
+    jobs: list[dict[str, object]]
 
 
 def _estimate(conn: psycopg.Connection, table: str) -> int:
@@ -35,6 +36,42 @@ def _rows(conn: psycopg.Connection, table: str, exact: bool) -> int:
         row = conn.execute(f"SELECT count(*) FROM {table}").fetchone()
         return int(row[0]) if row else 0
     return estimate
+
+
+_TIMESCALE_JOBS = """
+SELECT j.application_name AS job, j.schedule_interval AS every,
+       GREATEST(NULLIF(s.last_successful_finish, '-infinity'), u.last_ok_at) AS last_ok,
+       CASE WHEN u.last_run_at >= COALESCE(NULLIF(s.last_run_started_at, '-infinity'), '-infinity')
+            THEN 'upkeep: ' || u.outcome
+            ELSE 'worker: ' || lower(COALESCE(s.last_run_status, 'never run')) END AS outcome,
+       CASE WHEN u.last_run_at >= COALESCE(NULLIF(s.last_run_started_at, '-infinity'), '-infinity')
+            THEN u.error END AS error,
+       GREATEST(now() - GREATEST(NULLIF(s.last_successful_finish, '-infinity'), u.last_ok_at, j.initial_start)
+                - j.schedule_interval, interval '0') AS lag
+FROM timescaledb_information.jobs j
+LEFT JOIN timescaledb_information.job_stats s ON s.job_id = j.job_id
+LEFT JOIN ioc_upkeep_runs u ON u.job = 'timescale:' || j.job_id
+WHERE j.proc_name IN ('policy_compression', 'policy_retention', 'policy_refresh_continuous_aggregate')
+ORDER BY j.job_id"""
+_UPKEEP_STEPS = """
+SELECT name AS job, NULL::interval AS every, last_ok_at AS last_ok, 'upkeep: ' || outcome AS outcome, error,
+       now() - last_ok_at AS lag
+FROM ioc_upkeep_runs WHERE job NOT LIKE 'timescale:%' ORDER BY job"""
+
+
+def read_jobs(conn: psycopg.Connection) -> list[dict[str, object]]:
+    """Each background job: when it last succeeded, the last outcome (the worker's or our upkeep's), its lag."""
+    if conn.execute("SELECT to_regclass('ioc_upkeep_runs')").fetchone() == (None,):
+        return []
+    queries = [_UPKEEP_STEPS]
+    if conn.execute("SELECT to_regclass('timescaledb_information.jobs')").fetchone() != (None,):
+        queries.insert(0, _TIMESCALE_JOBS)
+    out = []
+    for q in queries:
+        cur = conn.execute(q)
+        cols = [d.name for d in cur.description or []]
+        out += [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
+    return out
 
 
 def read_status(conn: psycopg.Connection, exact: bool = False) -> SystemStatus:
@@ -58,4 +95,5 @@ def read_status(conn: psycopg.Connection, exact: bool = False) -> SystemStatus:
         dead_letters=one("SELECT count(*) FROM dead_letters"),
         instances=instances,
         recent_dead=[(t, r) for t, r in recent],
+        jobs=read_jobs(conn),
     )

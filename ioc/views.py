@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
+
 from rich.console import Group, RenderableType
 from rich.table import Table
 
@@ -23,6 +25,32 @@ def ingest_table(st: SystemStatus) -> Table:
     return t
 
 
+def _ago(v: object) -> str:
+    """A timedelta as a person reads it: 42 s, 7 min, 3.5 h."""
+    if v is None:
+        return "-"
+    secs = v.total_seconds() if isinstance(v, timedelta) else float(str(v))
+    if secs < 120:
+        return f"{secs:.0f} s"
+    return f"{secs / 60:.0f} min" if secs < 7200 else f"{secs / 3600:.1f} h"
+
+
+def jobs_table(st: SystemStatus) -> Table:
+    t = Table("job", "every", "last success", "last outcome", "lag", title="Background jobs")
+    for j in st.jobs:
+        last_ok = j["last_ok"]
+        outcome = str(j["outcome"])
+        if j.get("error"):
+            outcome += f" ({str(j['error'])[:60]})"
+        lag = j["lag"]
+        lagging = isinstance(lag, timedelta) and lag > timedelta(0) and j["every"] is not None
+        t.add_row(str(j["job"]), _ago(j["every"]),
+                  last_ok.strftime("%Y-%m-%d %H:%M:%S") if isinstance(last_ok, datetime) else "never",
+                  f"[red]{outcome}[/red]" if "fail" in outcome else outcome,
+                  f"[yellow]{_ago(lag)}[/yellow]" if lagging else "-" if j["every"] is not None else f"{_ago(lag)} ago")
+    return t
+
+
 def status_view(st: SystemStatus, title: str = "City telemetry") -> Group:
     alive = [i for i in st.instances if i["alive"]]
     msg_rate = sum(float(str(i["msg_rate"] or 0)) for i in alive)
@@ -37,6 +65,8 @@ def status_view(st: SystemStatus, title: str = "City telemetry") -> Group:
     summary.add_row("devices online", f"{st.online:,} / {st.devices:,}")
     summary.add_row("dead letters", _num(st.dead_letters))
     parts: list[RenderableType] = [summary, ingest_table(st)]
+    if st.jobs:
+        parts.append(jobs_table(st))
     if st.recent_dead:
         dl = Table("topic", "reason", title="Latest dead letters")
         for topic, reason in st.recent_dead:

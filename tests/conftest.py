@@ -1,5 +1,9 @@
 """Session fixtures: a real Mosquitto and a real PostgreSQL on free loopback ports, migrated schema,
-and ingest services (in-process or as killable subprocesses). Tests isolate by unique device ids."""
+and ingest services (in-process or as killable subprocesses). Tests isolate by unique device ids.
+
+Every test that uses the stack runs twice: on a TimescaleDB server (which preloads the extension) and on a
+plain PostgreSQL server (which does not); the TimescaleDB half skips, with the reason, where the extension
+is not installed. The run ends with a line that counts what ran on each backend."""
 
 from __future__ import annotations
 
@@ -21,6 +25,7 @@ from cloud.db.migrate import migrate
 from cloud.ingest.service import IngestService
 from cloud.ingest.settings import IngestSettings
 from ioc.stack import Stack
+from ioc.stack.postgres import find_bin_dir, timescale_installed
 
 REPO = Path(__file__).resolve().parent.parent
 _counter = itertools.count()
@@ -30,18 +35,72 @@ def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
+BACKENDS = ("postgres", "timescale")
+TIMESCALE_MISSING = ("TimescaleDB is not installed for this PostgreSQL server: run ../shared/timescaledb/install.sh "
+                     "(what .ci/run does) to run the TimescaleDB half of the suite")
+
+
+@pytest.fixture(scope="session", params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    """The time-series backend of the session's stack: each backend gets a server of its own."""
+    if request.param == "timescale" and not timescale_installed(find_bin_dir(os.environ.get("IOC_PG_BIN"))):
+        pytest.skip(TIMESCALE_MISSING)
+    return str(request.param)
+
+
 @pytest.fixture(scope="session")
-def stack() -> Iterator[Stack]:
-    """Data lives under the project's .ioc/ folder (the postgres service user cannot enter /tmp/pytest-of-root)."""
+def stack(backend: str) -> Iterator[Stack]:
+    """Data lives under the project's .ioc/ folder (the postgres service user cannot enter /tmp/pytest-of-root).
+    Whatever started is stopped, even when start-up or migration fails half-way."""
     base = REPO / ".ioc"
     base.mkdir(exist_ok=True)
-    root = Path(tempfile.mkdtemp(prefix="test-stack-", dir=base))
-    s = Stack.load(root)
-    s.up()
-    migrate(s.dsn)
-    yield s
-    s.down()
-    shutil.rmtree(root, ignore_errors=True)
+    root = Path(tempfile.mkdtemp(prefix=f"test-{backend}-", dir=base))
+    s = Stack.load(root, backend=backend)
+    try:
+        s.up()
+        assert migrate(s.dsn, backend)[0] == backend
+        yield s
+    finally:
+        s.down()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+_by_backend: dict[str, dict[str, int]] = {b: {} for b in BACKENDS}
+_backend_of: dict[str, str] = {}  # test node id -> backend, for the tests that use the stack
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """`@pytest.mark.backend_only("postgres")`: a test of one path is not collected for the other
+    (deselected, not skipped: a skip on the TimescaleDB side must always mean the extension is missing)."""
+    kept, dropped = [], []
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        b = callspec.params.get("backend") if callspec is not None else None
+        only = item.get_closest_marker("backend_only")
+        if b is not None and only is not None and b not in only.args:
+            dropped.append(item)
+            continue
+        if b is not None:
+            _backend_of[item.nodeid] = b
+        kept.append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """Count each test once per backend: its call outcome, or its set-up outcome when it never got that far."""
+    b = _backend_of.get(report.nodeid)
+    if b and (report.when == "call" or (report.when == "setup" and not report.passed)):
+        _by_backend[b][report.outcome] = _by_backend[b].get(report.outcome, 0) + 1
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    for b, label in (("timescale", "TimescaleDB"), ("postgres", "plain PostgreSQL")):
+        counts = _by_backend[b]
+        ran = counts.get("passed", 0) + counts.get("failed", 0)
+        terminalreporter.write_line(f"{label}: {ran} tests ran ({counts.get('passed', 0)} passed, "
+                                    f"{counts.get('failed', 0)} failed), {counts.get('skipped', 0)} skipped")
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ import psycopg
 log = logging.getLogger(__name__)
 
 Backend = Literal["timescale", "postgres"]
-_LOCK_ID = 0x10C_0001  # advisory lock: one migrator at a time, across ingest processes
+MIGRATION_LOCK_ID = 0x10C_0001  # advisory lock: one migrator at a time; upkeep waits while it is held
 
 
 @dataclass(frozen=True)
@@ -41,32 +41,53 @@ def available_migrations() -> list[Migration]:
     return sorted(found, key=lambda m: m.version)
 
 
-def detect_backend(conn: psycopg.Connection, wanted: str = "auto") -> tuple[Backend, str]:
-    """TimescaleDB when its extension can be created with the Timescale License, else PostgreSQL."""
-    if wanted == "postgres":
-        return "postgres", "asked for plain PostgreSQL"
-    row = conn.execute("SELECT default_version FROM pg_available_extensions WHERE name = 'timescaledb'").fetchone()
-    if row is None:
-        why = "timescaledb extension is not installed on this server"
-        if wanted == "timescale":
-            raise RuntimeError(why)
-        return "postgres", why
+PRELOAD_HINT = ("add shared_preload_libraries = 'timescaledb' to postgresql.conf and restart PostgreSQL "
+                "(the local stack: `ioc stack up --backend timescale`), or choose --backend postgres")
+
+
+def _preloaded(conn: psycopg.Connection) -> bool:
+    """Whether the server loaded the timescaledb library at start. A role that may not read
+    shared_preload_libraries still sees the settings its loader defines, which exist only once it is loaded."""
     try:
         with conn.transaction():
-            conn.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
-    except psycopg.Error as e:
-        why = (f"timescaledb is installed but cannot be loaded ({e.diag.message_primary}); "
-               "add it to shared_preload_libraries")
-        if wanted == "timescale":
-            raise RuntimeError(why) from e
-        return "postgres", why
-    lic_row = conn.execute("SELECT current_setting('timescaledb.license', true)").fetchone()
-    lic = lic_row[0] if lic_row else None
-    if lic != "timescale":
-        why = f"timescaledb license is {lic!r}: compression and continuous aggregates need the Timescale License"
+            row = conn.execute("SELECT current_setting('shared_preload_libraries')").fetchone()
+        return "timescaledb" in [lib.strip().strip('"') for lib in (row[0] if row else "").split(",")]
+    except psycopg.errors.InsufficientPrivilege:
+        row = conn.execute("SELECT current_setting('timescaledb.bgw_launcher_poll_time', true)").fetchone()
+        return bool(row and row[0])
+
+
+def detect_backend(dsn: str, wanted: str = "auto") -> tuple[Backend, str]:
+    """TimescaleDB when its extension can be created with the Timescale License, else PostgreSQL.
+
+    Runs on a connection of its own: TimescaleDB answers CREATE EXTENSION on a server that does not preload
+    it with a FATAL that closes the session, so the check never touches a connection anyone else uses, and
+    a server that does not preload it is recognised before CREATE EXTENSION is tried at all."""
+    if wanted == "postgres":
+        return "postgres", "asked for plain PostgreSQL"
+
+    def fallback(why: str) -> tuple[Backend, str]:
         if wanted == "timescale":
             raise RuntimeError(why)
         return "postgres", why
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute("SELECT default_version, installed_version FROM pg_available_extensions"
+                           " WHERE name = 'timescaledb'").fetchone()
+        if row is None:
+            return fallback("timescaledb extension is not installed on this server")
+        if row[1] is None and not _preloaded(conn):
+            return fallback(f"timescaledb {row[0]} is installed but this server does not preload it: {PRELOAD_HINT}")
+        try:
+            conn.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
+        except psycopg.Error as e:
+            message = e.diag.message_primary or str(e).strip()
+            return fallback(f"timescaledb {row[0]} is installed but cannot be loaded ({message}): {PRELOAD_HINT}")
+        lic_row = conn.execute("SELECT current_setting('timescaledb.license', true)").fetchone()
+    lic = lic_row[0] if lic_row else None
+    if lic != "timescale":
+        return fallback(f"timescaledb license is {lic!r}: compression and continuous aggregates need the "
+                        "Timescale License (timescaledb.license = 'timescale')")
     return "timescale", f"timescaledb {row[0]} with the Timescale License"
 
 
@@ -80,7 +101,7 @@ def current_backend(conn: psycopg.Connection) -> Backend | None:
 def migrate(dsn: str, wanted: str = "auto") -> tuple[Backend, list[str]]:
     """Apply pending migrations; returns the backend and the versions applied now."""
     with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute("SELECT pg_advisory_lock(%s)", (_LOCK_ID,))
+        conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK_ID,))
         try:
             conn.execute(
                 "CREATE TABLE IF NOT EXISTS schema_migrations ("
@@ -88,8 +109,11 @@ def migrate(dsn: str, wanted: str = "auto") -> tuple[Backend, list[str]]:
             )
             backend = current_backend(conn)
             if backend is None:
-                backend, why = detect_backend(conn, wanted)
+                backend, why = detect_backend(dsn, wanted)
                 log.info("time-series backend: %s (%s)", backend, why)
+            elif wanted not in ("auto", backend):
+                raise RuntimeError(f"this database was migrated for the {backend} backend; it cannot switch to "
+                                   f"{wanted} under its data (use a new database)")
             done = {r[0] for r in conn.execute("SELECT version FROM schema_migrations")}
             applied = []
             for m in available_migrations():
@@ -106,4 +130,4 @@ def migrate(dsn: str, wanted: str = "auto") -> tuple[Backend, list[str]]:
                 log.info("applied migration %s (%s)", m.version, m.backend or "common")
             return backend, applied
         finally:
-            conn.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_ID,))
+            conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK_ID,))

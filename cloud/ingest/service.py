@@ -30,9 +30,11 @@ from cloud.db.maintenance import run_maintenance
 from cloud.db.migrate import current_backend
 from cloud.ingest.consumer import Inbound, MqttConsumer
 from cloud.ingest.decode import Decoded, Decoder
+from cloud.ingest.liveness import mark_silent
 from cloud.ingest.registry import DeviceCache
 from cloud.ingest.settings import IngestSettings
 from cloud.ingest.stats import IngestStats, Snapshot
+from cloud.ingest.watermark import WatermarkTracker
 from cloud.ingest.writer import BatchWriter
 from contract.messages import now_ms
 
@@ -74,7 +76,9 @@ class IngestService:
             self._devices.get, settings.max_payload_bytes,
             max_future_ms=int(settings.max_future_s * 1000), max_age_ms=int(settings.max_age_days * 86_400_000),
         )
-        self._consumer = MqttConsumer(settings, self._receive)
+        self._consumer = MqttConsumer(settings, self._receive, self.in_flight)
+        self._watermarks = (WatermarkTracker(settings.instance, settings.watermark_interval_s)
+                            if settings.watermark else None)
         self._threads: list[threading.Thread] = []
         self._writers: list[BatchWriter] = []
         self._started_at = datetime.now(UTC)
@@ -87,12 +91,14 @@ class IngestService:
         if backend is None:
             raise RuntimeError("database has no IOC schema: run `ioc db migrate` first")
         seen_written: dict[str, float] = {}
-        self._writers = [BatchWriter(self.settings.dsn, self.settings.instance, mark_rollups=backend == "postgres",
+        self._writers = [BatchWriter(self.settings.dsn, self.settings.instance, mark_rollups=True,
                                      seen_written=seen_written) for _ in range(self.settings.writers)]
         self._devices.refresh()
         loops: list[tuple[str, Callable[[], None]]] = [("ingest-decoder", self._decode_loop),
                                                        ("ingest-stats", self._stats_loop),
                                                        ("ingest-maintenance", self._maintenance_loop)]
+        if self._watermarks is not None:
+            loops.append(("ingest-watermarks", self._watermark_loop))
         loops += [(f"ingest-writer-{i}", functools.partial(self._write_loop, w)) for i, w in enumerate(self._writers)]
         for name, target in loops:
             t = threading.Thread(target=target, name=name, daemon=True)
@@ -114,6 +120,7 @@ class IngestService:
         if not self._writers:  # start() never got far enough
             return
         finished = self._done.wait(timeout)
+        self._flush_watermarks()
         self._consumer.stop()
         for t in self._threads:
             t.join(timeout=2)
@@ -233,6 +240,9 @@ class IngestService:
                         if dead is not None:
                             self._acknowledge(batch, decoded, dead)
                     self._leave_pipeline(batch)
+                if dead is not None and self._watermarks is not None:
+                    self._watermarks.committed((d.device_id, d.payload) for d in decoded
+                                               if d.device_id is not None and d.topic[:4] in ("tlm/", "evt/"))
         except Exception:
             self._crash("writer")
             raise
@@ -261,6 +271,11 @@ class IngestService:
             self._on_commit(decoded, committed)
 
     # -- side loops --------------------------------------------------------------------------
+    @property
+    def reading_paused(self) -> bool:
+        """True while the in-flight bound holds the socket unread (see cloud/ingest/consumer.py)."""
+        return self._consumer.paused
+
     def in_flight(self) -> int:
         """Messages received and not yet acknowledged: waiting for a batch, being decoded or written."""
         with self._cond:
@@ -290,11 +305,36 @@ class IngestService:
             )
             self._report(snap)
 
+    def _watermark_loop(self) -> None:
+        """Publish each device's committed (boot_id, seq) ranges, after the commit, coalesced per device."""
+        assert self._watermarks is not None
+        tick = min(0.25, self.settings.watermark_interval_s / 4)
+        while not self._stopping.wait(tick):
+            try:
+                for topic, payload in self._watermarks.due():
+                    self._consumer.publish(topic, payload)
+            except Exception:
+                log.exception("publishing watermarks failed; devices resend what they have not seen acknowledged")
+
+    def _flush_watermarks(self, timeout: float = 2.0) -> None:
+        """On the way out: the last commits' watermarks, whatever the rate bound, so connected devices
+        need not wait for a resend to forget what is already stored."""
+        if self._watermarks is None:
+            return
+        sent = [self._consumer.publish(t, p) for t, p in self._watermarks.due(force=True)]
+        deadline = time.monotonic() + timeout
+        for info in sent:
+            with contextlib.suppress(RuntimeError, ValueError):  # not connected: the device resends instead
+                info.wait_for_publish(max(0.0, deadline - time.monotonic()))
+
     def _maintenance_loop(self) -> None:
         while not self._stopping.is_set():
             try:
                 with psycopg.connect(self.settings.dsn, autocommit=True, connect_timeout=3) as conn:
-                    run_maintenance(conn)
+                    try:
+                        run_maintenance(conn)
+                    finally:  # liveness does not wait for partitions or policies to succeed
+                        mark_silent(conn, self.settings.silent_after_heartbeats)
             except psycopg.Error as e:
                 log.warning("maintenance failed: %s", e)
             if self._stopping.wait(self.settings.maintenance_interval_s):

@@ -35,7 +35,11 @@ class IngestSettings(BaseSettings):
         "that keeps them (EMQX, HiveMQ), see docs/operations.md.",
     )
     session_expiry_s: int = Field(default=7 * 24 * 3600, description="how long the broker queues for us while away")
-    receive_maximum: int = Field(default=20000, ge=1, le=65535, description="unacknowledged messages in flight")
+    receive_maximum: int = Field(default=20000, ge=1, le=65535,
+                                 description="unacknowledged messages in flight, as asked of the broker")
+    max_in_flight: int | None = Field(default=None, ge=1, description="ingest stops reading the socket at this "
+                                      "many unacknowledged messages (brokers may ignore Receive Maximum); "
+                                      "None: receive_maximum")
     writers: int = Field(default=2, ge=1, le=16,
                          description="database connections committing batches in parallel; acks stay in order")
     batch_max_messages: int = Field(default=4000, ge=1, description="flush a batch at this many messages")
@@ -43,6 +47,11 @@ class IngestSettings(BaseSettings):
     max_payload_bytes: int = Field(default=256 * 1024, description="larger payloads go to dead letters")
     max_future_s: float = Field(default=300, description="samples further ahead than this are a clock fault")
     max_age_days: float = Field(default=90, description="samples older than retention are rejected")
+    watermark: bool = Field(default=True, description="publish each device's committed (boot_id, seq) on ack/v1/{id}, "
+                            "so devices forget a reading only once the database has it")
+    watermark_interval_s: float = Field(default=1.0, gt=0, description="at most one watermark per device this often")
+    silent_after_heartbeats: int = Field(default=3, ge=1, description="an online device heard of for this many "
+                                         "heartbeat periods is marked silent (device_status.silent_since)")
     stats_interval_s: float = Field(default=5.0, gt=0)
     maintenance_interval_s: float = Field(default=15.0, gt=0)
     retry_max_delay_s: float = Field(default=10.0, gt=0)

@@ -14,11 +14,13 @@ from pathlib import Path
 
 from ioc.stack.mosquitto import Mosquitto
 from ioc.stack.mosquitto import find_binary as find_mosquitto
-from ioc.stack.postgres import Postgres
+from ioc.stack.postgres import TIMESCALE_HINT, Postgres, timescale_installed
 from ioc.stack.postgres import find_bin_dir as find_pg_bin
 from ioc.stack.procs import StackError, free_port
 
-__all__ = ["Stack", "StackError", "default_dir"]
+__all__ = ["BACKENDS", "Stack", "StackError", "default_dir"]
+
+BACKENDS = ("auto", "timescale", "postgres")
 
 
 def default_dir() -> Path:
@@ -30,6 +32,7 @@ class Stack:
     root: Path
     postgres: Postgres
     mosquitto: Mosquitto
+    backend: str = "auto"  # what `ioc stack up --backend` asked for; migrations follow it
 
     @property
     def state_file(self) -> Path:
@@ -48,11 +51,22 @@ class Stack:
         return self.mosquitto.port
 
     @classmethod
-    def load(cls, root: Path | None = None, mqtt_port: int | None = None, pg_port: int | None = None) -> Stack:
-        """Read stack.json if present; otherwise choose free ports (or the given ones) and a password."""
+    def load(cls, root: Path | None = None, mqtt_port: int | None = None, pg_port: int | None = None,
+             backend: str | None = None) -> Stack:
+        """Read stack.json if present; otherwise choose free ports (or the given ones) and a password.
+
+        backend: auto (TimescaleDB when its files are installed), timescale or postgres; kept in stack.json."""
         root = (root or default_dir()).resolve()
         state_path = root / "stack.json"
         state = json.loads(state_path.read_text()) if state_path.exists() else {}
+        saved_backend = state.get("backend")
+        backend = backend or saved_backend or os.environ.get("IOC_STACK_BACKEND") or "auto"
+        if backend not in BACKENDS:
+            raise StackError(f"unknown backend {backend!r}: choose one of {', '.join(BACKENDS)}")
+        pg_bin = find_pg_bin(os.environ.get("IOC_PG_BIN"))
+        has_timescale = timescale_installed(pg_bin)
+        if backend == "timescale" and not has_timescale:
+            raise StackError(TIMESCALE_HINT)
         mosq = Mosquitto(
             root=root / "mosquitto",
             port=mqtt_port or state.get("mqtt_port") or free_port(),
@@ -62,9 +76,12 @@ class Stack:
             root=root / "postgres",
             port=pg_port or state.get("pg_port") or free_port(),
             password=state.get("pg_password") or secrets.token_urlsafe(18),
-            bin_dir=find_pg_bin(os.environ.get("IOC_PG_BIN")),
+            bin_dir=pg_bin,
+            preload_timescale=has_timescale and backend != "postgres",
         )
-        stack = cls(root=root, postgres=pg, mosquitto=mosq)
+        stack = cls(root=root, postgres=pg, mosquitto=mosq, backend=backend)
+        if saved_backend and backend != saved_backend and pg.pid() is not None:
+            raise StackError(f"postgres already runs with backend {saved_backend}: `ioc stack down` first to change it")
         for name, server, asked, saved in (("mosquitto", mosq, mqtt_port, state.get("mqtt_port")),
                                             ("postgres", pg, pg_port, state.get("pg_port"))):
             if asked and saved and asked != saved and server.pid() is not None:
@@ -81,7 +98,8 @@ class Stack:
 
     def save(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
-        state = {"mqtt_port": self.mqtt_port, "pg_port": self.postgres.port, "pg_password": self.postgres.password}
+        state = {"mqtt_port": self.mqtt_port, "pg_port": self.postgres.port, "pg_password": self.postgres.password,
+                 "backend": self.backend}
         self.state_file.write_text(json.dumps(state, indent=2))
         self.state_file.chmod(0o600)
 

@@ -14,6 +14,22 @@ from psycopg import sql
 from ioc.stack.procs import StackError, as_user, chown_tree, port_open, read_pid, run, service_user, wait_port
 
 INSTALL_HINT = "PostgreSQL server binaries not found: apt-get install -y postgresql (or set IOC_PG_BIN)"
+TIMESCALE_HINT = ("TimescaleDB is not installed for this PostgreSQL: run ../shared/timescaledb/install.sh, install "
+                  "Timescale's package, or use --backend postgres")
+# Settings the stack owns, rewritten at every start so `--backend` can change between runs.
+STACK_CONF = "ioc_stack.conf"
+
+
+def timescale_installed(bin_dir: Path) -> bool:
+    """The extension's control file and library are where this server looks for them (Debian's layout,
+    or what pg_config says where it exists)."""
+    pg_config = bin_dir / "pg_config"
+    if pg_config.exists():
+        share = Path(run([str(pg_config), "--sharedir"], "pg_config").strip())
+        lib = Path(run([str(pg_config), "--pkglibdir"], "pg_config").strip())
+    else:
+        share, lib = Path("/usr/share/postgresql") / bin_dir.parent.name, bin_dir.parent / "lib"
+    return (share / "extension" / "timescaledb.control").exists() and any(lib.glob("timescaledb*.so"))
 
 
 def find_bin_dir(override: str | None = None) -> Path:
@@ -33,6 +49,7 @@ class Postgres:
     port: int
     password: str
     bin_dir: Path
+    preload_timescale: bool = False  # load the timescaledb library at start (it cannot be loaded later)
     user: str = "ioc"
     database: str = "ioc"
     host: str = "127.0.0.1"
@@ -84,7 +101,7 @@ class Postgres:
                 "timezone = 'UTC'\nlog_timezone = 'UTC'\n"
                 "shared_buffers = 256MB\nwal_compression = on\nmax_wal_size = 2GB\n"
                 "synchronous_commit = on\nlog_min_duration_statement = 2000\n"
-                "shared_preload_libraries = ''\n"
+                f"include_if_exists = '{STACK_CONF}'\n"
             )
         self.start()
         with psycopg.connect(host=str(self.root), port=self.port, user="postgres", dbname="postgres",
@@ -94,9 +111,22 @@ class Postgres:
             conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(
                 sql.Identifier(self.database), sql.Identifier(self.user)))
 
+    def _write_stack_conf(self) -> None:
+        """TimescaleDB must be preloaded, and its background jobs need worker processes beyond the default 8."""
+        lines = ["# written by `ioc stack up` at every start: edit the backend with --backend, not here"]
+        if self.preload_timescale:
+            lines += ["shared_preload_libraries = 'timescaledb'", "max_worker_processes = 16",
+                      "timescaledb.max_background_workers = 8", "timescaledb.telemetry_level = off"]
+        else:
+            lines += ["shared_preload_libraries = ''"]
+        conf = self.data_dir / STACK_CONF
+        conf.write_text("\n".join(lines) + "\n")
+        chown_tree(conf, service_user())
+
     def start(self) -> None:
         if self.running():
             return
+        self._write_stack_conf()
         self._pg(
             "pg_ctl", "start", "-w", "-t", "60", "-D", str(self.data_dir), "-l", str(self.log_file),
             "-o", f"-p {self.port}", what="starting PostgreSQL",

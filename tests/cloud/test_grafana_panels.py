@@ -20,9 +20,11 @@ import psycopg
 import pytest
 import yaml
 from grafana_macros import MacroError, Variable, expand_macros, format_interval, interpolate
+from support import wait_until
 
 from cloud.db.devices import register_devices
-from cloud.db.migrate import current_backend
+from cloud.db.maintenance import run_maintenance
+from cloud.db.migrate import MIGRATION_LOCK_ID, current_backend
 from contract.profiles import load_profiles
 from ioc.stack import Stack
 
@@ -146,13 +148,12 @@ def seed(stack: Stack) -> Iterator[Seed]:
             cur.execute(_SEED["events"], (stamps[-1], s.env))
             cur.execute(_SEED["dead_letters"], (f"tlm/v1/{s.site}/{s.env}/env", s.env, reason, b"{x}"))
             cur.execute(_SEED["ingest_instances"], (s.instance,))
-        if current_backend(conn) == "postgres":  # rollup tables: mark the minutes dirty and recompute them
-            minutes = sorted({ts.replace(second=0) for ts in stamps})
-            conn.cursor().executemany("INSERT INTO rollup_dirty (instance, bucket) VALUES (%s, %s)"
-                                      " ON CONFLICT DO NOTHING", [(s.instance, m) for m in minutes])
-            conn.execute("SELECT ioc_take_dirty_rollups()")
-            conn.execute("SELECT ioc_refresh_rollups()")
-        # TimescaleDB: the continuous aggregates are real-time (materialized_only = false), nothing to do.
+        # Mark the minutes dirty, as ingest does, and run upkeep: rollup tables are recomputed (PostgreSQL),
+        # continuous aggregates refreshed where the rows lie below their watermark (TimescaleDB).
+        minutes = sorted({ts.replace(second=0, microsecond=0) for ts in stamps})
+        conn.cursor().executemany("INSERT INTO rollup_dirty (instance, bucket) VALUES (%s, %s)"
+                                  " ON CONFLICT DO NOTHING", [(s.instance, m) for m in minutes])
+        wait_until(lambda: run_maintenance(conn).ran, what="an upkeep pass of our own")
     yield s
     with psycopg.connect(stack.dsn, autocommit=True) as conn:
         devs = [s.env, s.cam]
@@ -171,6 +172,7 @@ def grafana_dsn(stack: Stack) -> str:
     compose migrate service passes it through PGOPTIONS; then log in as that role."""
     password = uuid.uuid4().hex
     with psycopg.connect(stack.dsn, autocommit=True, options=f"-c ioc.grafana_password={password}") as conn:
+        conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK_ID,))  # as a migration does: upkeep waits
         conn.execute(ROLE_MIGRATION.read_text(encoding="utf-8"))
     return psycopg.conninfo.make_conninfo(stack.dsn, user="ioc_grafana", password=password)
 

@@ -19,6 +19,7 @@ from ioc.stack import Stack
 from simulators.fleet import Fleet, FleetSpec
 from simulators.publisher import FleetPublisher
 from simulators.runner import SimRunner
+from tests.conftest import ingest_settings
 
 pytestmark = pytest.mark.slow
 
@@ -154,3 +155,44 @@ def test_a_device_first_heard_while_the_database_is_down_is_stored_once_it_is_ba
                    what=f"{len(expected)} points after the database came back")
         assert stored_points(conn, _ids(fleet)) == expected
     assert not ingest.crashed.is_set()
+
+
+def test_ingest_holds_no_more_than_its_in_flight_bound_while_the_database_is_away(stack: Stack) -> None:
+    """The broker is told a Receive Maximum far above ingest's own bound (Mosquitto 2.0.11 may exceed it
+    anyway): ingest itself stops reading, so the messages wait at the broker, not in ingest's memory."""
+    bound, sent_n = 300, 3000
+    fleet = Fleet(FleetSpec(prefix=f"bnd{uuid.uuid4().hex[:6]}", gateways=5, cameras=0, interval_s=10,
+                            samples_per_message=20, seed=3))  # ~2 KB a message: one 1 MiB read is ~500
+    with psycopg.connect(stack.dsn) as conn:
+        register_devices(conn, fleet.registrations())
+    svc = IngestService(ingest_settings(stack, receive_maximum=65535, max_in_flight=bound))
+    svc.start()
+    assert svc.wait_connected(10)
+    most, paused = 0, False
+    start = now_ms() - 48 * 3_600_000  # 600 rounds of 20 samples 10 s apart: 33 hours, all in the past
+    try:
+        with FleetPublisher(fleet, stack.mqtt_host, stack.mqtt_port) as pub:
+            wait_until(lambda: svc.stats.messages >= len(fleet.devices), what="births stored: subscribed")
+            stack.stop_postgres()
+            try:
+                runner = SimRunner(fleet, pub)
+                for r in range(sent_n // len(fleet.devices)):
+                    for i in range(len(fleet.devices)):
+                        runner.emit(i, start + r * 200_000)
+                deadline = time.monotonic() + 8
+                while time.monotonic() < deadline:  # the broker has them all; what does ingest hold?
+                    most = max(most, svc.in_flight())
+                    paused = paused or svc.reading_paused
+                    time.sleep(0.02)
+                assert pub.drain(30), "broker did not acknowledge everything"
+                expected = pub.sent.points()
+            finally:
+                stack.start_postgres()
+        with psycopg.connect(stack.dsn, autocommit=True) as conn:
+            wait_until(lambda: total_rows(conn, _ids(fleet)) >= len(expected), timeout=90,
+                       what=f"{len(expected)} points after the database came back")
+            assert stored_points(conn, _ids(fleet)) == expected
+    finally:
+        svc.stop()
+    assert paused, "ingest never stopped reading"
+    assert most <= bound + 700, f"ingest held {most} unacknowledged messages with a bound of {bound}"

@@ -1,4 +1,4 @@
-"""Schema, migrations and upkeep on the real server (plain-PostgreSQL path here; Timescale where present)."""
+"""Schema, migrations and upkeep on the real servers: a TimescaleDB one and a plain PostgreSQL one."""
 
 from __future__ import annotations
 
@@ -25,29 +25,34 @@ def fresh_db(stack: Stack) -> Iterator[str]:
         conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
-def _timescale_available(dsn: str) -> bool:
-    with psycopg.connect(dsn) as conn:
-        return conn.execute("SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'").fetchone() is not None
-
-
-def test_migrations_are_idempotent_and_record_the_backend(fresh_db: str) -> None:
-    backend, applied = migrate(fresh_db)
-    assert applied == sorted({m.version for m in available_migrations() if m.backend in (None, backend)})
-    assert migrate(fresh_db) == (backend, [])
+def test_migrations_are_idempotent_and_record_the_backend(fresh_db: str, backend: str) -> None:
+    chosen, applied = migrate(fresh_db)
+    assert chosen == backend  # auto picks TimescaleDB exactly where the server preloads it
+    assert applied == sorted({m.version for m in available_migrations() if m.backend in (None, chosen)})
+    assert migrate(fresh_db) == (chosen, [])
     with psycopg.connect(fresh_db) as conn:
-        assert conn.execute("SELECT value FROM ioc_settings WHERE key = 'timeseries_backend'").fetchone() == (backend,)
+        assert conn.execute("SELECT value FROM ioc_settings WHERE key = 'timeseries_backend'").fetchone() == (chosen,)
 
 
-def test_asking_for_timescale_where_it_is_missing_fails_with_the_reason(fresh_db: str) -> None:
-    if _timescale_available(fresh_db):
-        pytest.skip("timescaledb is installed here")
-    with pytest.raises(RuntimeError, match="timescaledb extension is not installed"):
+@pytest.mark.backend_only("postgres")
+def test_asking_for_timescale_where_the_server_cannot_load_it_fails_with_what_to_do(fresh_db: str) -> None:
+    """Installed but not preloaded (this server), or not installed at all: one line that says what to change,
+    never a FATAL that closes the migrator's connection."""
+    with pytest.raises(RuntimeError, match=r"shared_preload_libraries|timescaledb extension is not installed"):
         migrate(fresh_db, "timescale")
+    assert migrate(fresh_db)[0] == "postgres"  # and auto falls back on the same database, which still works
 
 
+@pytest.mark.backend_only("timescale")
+def test_a_database_never_switches_backend_under_its_data(fresh_db: str) -> None:
+    migrate(fresh_db)
+    with pytest.raises(RuntimeError, match="migrated for the timescale backend"):
+        migrate(fresh_db, "postgres")
+
+
+@pytest.mark.backend_only("postgres")
 def test_late_backlog_lands_in_a_partition_made_for_it(fresh_db: str) -> None:
-    if migrate(fresh_db)[0] != "postgres":
-        pytest.skip("partition upkeep is the plain-PostgreSQL path")
+    migrate(fresh_db)
     with psycopg.connect(fresh_db, autocommit=True) as conn:
         conn.execute("INSERT INTO telemetry VALUES (now() - interval '30 days', 'd1', 'pm25', 10)")
         assert conn.execute("SELECT tableoid::regclass::text FROM telemetry").fetchone() == ("telemetry_default",)
@@ -64,9 +69,9 @@ def test_late_backlog_lands_in_a_partition_made_for_it(fresh_db: str) -> None:
         assert ahead[0] >= 7
 
 
+@pytest.mark.backend_only("postgres")
 def test_retention_drops_whole_old_partitions(fresh_db: str) -> None:
-    if migrate(fresh_db)[0] != "postgres":
-        pytest.skip("plain-PostgreSQL path")
+    migrate(fresh_db)
     with psycopg.connect(fresh_db, autocommit=True) as conn:
         conn.execute("SELECT ioc_ensure_partitions('telemetry', (now() - interval '200 days')::date,"
                      " (now() - interval '200 days')::date)")
@@ -77,9 +82,9 @@ def test_retention_drops_whole_old_partitions(fresh_db: str) -> None:
         assert conn.execute("SELECT value FROM telemetry").fetchall() == [(2.0,)]
 
 
+@pytest.mark.backend_only("postgres")
 def test_rollups_recompute_touched_minutes_without_double_counting(fresh_db: str) -> None:
-    if migrate(fresh_db)[0] != "postgres":
-        pytest.skip("rollup tables are the plain-PostgreSQL path (TimescaleDB uses continuous aggregates)")
+    migrate(fresh_db)
     minute = "date_bin('1 minute', now() - interval '2 hours', timestamptz '2000-01-01')"
     with psycopg.connect(fresh_db, autocommit=True) as conn:
         for value, offset in ((10, 1), (20, 2), (30, 3)):
@@ -109,11 +114,8 @@ def test_rollups_recompute_touched_minutes_without_double_counting(fresh_db: str
         assert conn.execute("SELECT count(*) FROM rollup_dirty").fetchone() == (1,)
 
 
-@pytest.mark.timescale
+@pytest.mark.backend_only("timescale")
 def test_timescale_path_creates_hypertables_compression_retention_and_aggregates(fresh_db: str) -> None:
-    if not _timescale_available(fresh_db):
-        pytest.skip("timescaledb extension is not installed on this PostgreSQL server (no Debian package here); "
-                    "this test runs where it is, e.g. the docker-compose stack")
     backend, _ = migrate(fresh_db, "timescale")
     assert backend == "timescale"
     with psycopg.connect(fresh_db, autocommit=True) as conn:

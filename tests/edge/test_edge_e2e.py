@@ -229,10 +229,10 @@ def test_remote_config_and_commands(
     w = Watcher(stack.mqtt_host, stack.mqtt_port)
     try:
         wait_for(lambda: agent.session.connected, what="agent connected")
-        status = wait_for(
-            lambda: db.execute(
+        status = wait_for(  # telemetry committed first makes a row with only last_seen: wait for the birth
+            lambda: (r := db.execute(
                 "SELECT online, boot_id FROM device_status WHERE device_id = %s", (device,)
-            ).fetchone(),
+            ).fetchone()) and r[1] is not None and r,
             what="birth stored",
         )
         assert status == (True, agent.boot_id)

@@ -20,9 +20,10 @@ DEV, SITE = "env-o1", "lab"
 
 
 def make_config(b: Broker, tmp_path: Path, **over: object) -> DeviceConfig:
-    return DeviceConfig.model_validate(
-        device_config(DEV, SITE, b.host, b.port, tmp_path / "outbox.sqlite3", **over)
-    )
+    """No ingest here, so no watermark: rows are forgotten on the broker's PUBACK."""
+    data = device_config(DEV, SITE, b.host, b.port, tmp_path / "outbox.sqlite3", **over)
+    data["outbox"] = {**data["outbox"], "forget_on": "puback"}
+    return DeviceConfig.model_validate(data)
 
 
 pytestmark = pytest.mark.slow

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
+import sqlite3
+import time
 from pathlib import Path
 
 import pytest
 
 from contract.messages import CountsMessage, EventsMessage, MetricSample, TelemetryMessage
+from contract.watermark import BootAck, Watermark
 from edge.config import DrainSettings
-from edge.drain import Drainer
-from edge.outbox import Outbox, Record
+from edge.drain import Drainer, OutMessage
+from edge.outbox import Outbox, Record, Row
 
 
 def _rec(ts: int, metric: str = "pm25", value: float = 1.0) -> Record:
@@ -115,7 +118,7 @@ def test_live_goes_before_backlog_which_drains_in_order(tmp_path: Path, order: s
     while msgs := d.next_messages():
         for m in msgs:
             sent.append([s.ts for s in TelemetryMessage.model_validate_json(m.payload).samples])
-            d.acked(m.row_ids)
+            d.acked(m)
     assert sent[0] == [100, 101]
     expected = (
         [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]] if order == "oldest" else [[6, 7, 8, 9], [2, 3, 4, 5], [0, 1]]
@@ -153,3 +156,123 @@ def test_unacked_rows_are_sent_again_after_reconnect(tmp_path: Path) -> None:
     (again,) = d.next_messages()
     assert again.row_ids == m.row_ids
     assert json.loads(again.payload)["seq"] > json.loads(m.payload)["seq"]
+
+
+# -- end-to-end acknowledgement: rows stay after PUBACK until ingest's watermark covers them -------------
+
+
+def _watermark(boot: str, *ranges: tuple[int, int], device: str = "dev-1") -> bytes:
+    return Watermark(
+        device_id=device, ts=1, boots=[BootAck(boot_id=boot, seq=ranges[-1][1], ranges=list(ranges))]
+    ).model_dump_json().encode()
+
+
+def _wm_drainer(ob: Outbox, boot: str = "boot-1", resend_after_s: float = 0.2) -> Drainer:
+    d = Drainer(ob, "dev-1", "site-a", boot, DrainSettings(batch_size=1, messages_per_s=10_000),
+                forget_on="watermark", resend_after_s=resend_after_s)
+    d.reset()
+    d.flush()
+    return d
+
+
+def _send_all(d: Drainer) -> list[OutMessage]:
+    sent: list[OutMessage] = []
+    while msgs := d.next_messages():
+        for m in msgs:
+            d.acked(m)  # the broker's PUBACK
+            sent.append(m)
+    return sent
+
+
+def _seqs(ms: list[OutMessage]) -> list[int]:
+    return [json.loads(m.payload)["seq"] for m in ms]
+
+
+def test_a_row_is_forgotten_only_when_a_watermark_covers_its_message(tmp_path: Path) -> None:
+    ob = _open(tmp_path)
+    d = _wm_drainer(ob, resend_after_s=3600)
+    ob.put([_rec(i) for i in range(5)], now_ms=0)
+    seqs = _seqs(_send_all(d))
+    assert ob.depth == 5  # at the broker: kept...
+    assert d.next_messages() == []  # ...but not sent again
+    assert d.watermark(_watermark("boot-1", (seqs[0], seqs[1]), (seqs[3], seqs[3]))) == 3
+    assert sorted(json.loads(r.body)["ts"] for r in _all_rows(ob)) == [2, 4]
+    assert d.watermark(_watermark("other-boot", (0, 10**6))) == 0  # another boot's seqs are other messages
+    assert d.watermark(_watermark("boot-1", (0, 10**6), device="dev-2")) == 0  # not ours
+    assert d.watermark(b'{"v":1,"device_id":"dev-1","boots":"junk"}') == 0  # refused, logged
+    assert ob.depth == 2
+
+
+def test_rows_the_watermark_skipped_are_sent_again(tmp_path: Path) -> None:
+    """A later message is in the database, this one is not (lost by a crashed broker): send it again."""
+    ob = _open(tmp_path)
+    d = _wm_drainer(ob)
+    ob.put([_rec(i) for i in range(3)], now_ms=0)
+    first = _seqs(_send_all(d))
+    d.watermark(_watermark("boot-1", (first[2], first[2])))  # the message of ts 0 and 1 were lost
+    again: list[OutMessage] = []
+    deadline = time.monotonic() + 10
+    while len(again) < 2 and time.monotonic() < deadline:
+        d.tick()
+        again += _send_all(d)
+        time.sleep(0.05)
+    assert sorted(json.loads(m.payload)["samples"][0]["ts"] for m in again) == [0, 1]
+    assert min(_seqs(again)) > first[2]  # new messages, new seqs
+    d.watermark(_watermark("boot-1", (first[2], first[2]), (min(_seqs(again)), max(_seqs(again)))))
+    assert ob.depth == 0
+
+
+def test_after_a_reconnect_rows_no_watermark_covers_are_sent_again_once(tmp_path: Path) -> None:
+    ob = _open(tmp_path)
+    d = _wm_drainer(ob)
+    ob.put([_rec(i) for i in range(3)], now_ms=0)
+    _send_all(d)
+    ob.close()
+    ob = _open(tmp_path)  # the device restarted: a new boot, the old boot's rows at the broker
+    d = _wm_drainer(ob, boot="boot-2")
+    assert d.next_messages() == []  # held while a watermark may still come
+    again: list[OutMessage] = []
+    deadline = time.monotonic() + 10
+    while len(again) < 3 and time.monotonic() < deadline:
+        d.tick()
+        again += _send_all(d)
+        time.sleep(0.05)
+    assert sorted(json.loads(m.payload)["samples"][0]["ts"] for m in again) == [0, 1, 2]
+    assert {json.loads(m.payload)["boot_id"] for m in again} == {"boot-2"}
+    time.sleep(0.5)
+    d.tick()
+    assert _send_all(d) == []  # sent again once per connection, not on every tick
+    d.watermark(_watermark("boot-2", (min(_seqs(again)), max(_seqs(again)))))
+    assert ob.depth == 0
+
+
+def test_an_old_boots_rows_are_forgotten_by_its_watermark_after_a_restart(tmp_path: Path) -> None:
+    ob = _open(tmp_path)
+    d = _wm_drainer(ob, resend_after_s=3600)
+    ob.put([_rec(i) for i in range(3)], now_ms=0)
+    seqs = _seqs(_send_all(d))
+    ob.close()
+    ob = _open(tmp_path)
+    d = _wm_drainer(ob, boot="boot-2", resend_after_s=3600)
+    d.watermark(_watermark("boot-1", (seqs[0], seqs[-1])))  # the retained watermark, on subscribe
+    assert ob.depth == 0
+
+
+def _all_rows(ob: Outbox) -> list[Row]:
+    """Rows in any state, read from the file as another process would."""
+    with sqlite3.connect(ob.path) as db:
+        return [Row(*r) for r in db.execute("SELECT id, kind, leaf, body FROM outbox ORDER BY id")]
+
+
+def test_the_byte_bound_lets_go_of_rows_the_broker_has_before_unsent_ones(tmp_path: Path) -> None:
+    one = len(_rec(100).body)
+    ob = _open(tmp_path, max_bytes=one * 6)
+    d = _wm_drainer(ob, resend_after_s=3600)
+    ob.put([_rec(i) for i in range(100, 104)], now_ms=0)
+    _send_all(d)  # four rows at the broker, waiting for a watermark
+    ob.put([_rec(i) for i in range(200, 204)], now_ms=0)  # four unsent: over the bound by two
+    assert ob.dropped_total == 0  # rows at the broker went first: nothing lost yet
+    assert sorted(json.loads(r.body)["ts"] for r in _all_rows(ob)) == [102, 103, 200, 201, 202, 203]
+    ob.put([_rec(i) for i in range(300, 305)], now_ms=0)
+    assert ob.dropped_total == 3  # then the oldest unsent ones, counted
+    assert sorted(json.loads(r.body)["ts"] for r in _all_rows(ob)) == [203, 300, 301, 302, 303, 304]

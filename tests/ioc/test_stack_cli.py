@@ -9,6 +9,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from ioc.stack import StackError
@@ -96,3 +97,36 @@ def test_commands_on_a_database_without_schema_say_to_migrate(stack: object) -> 
     finally:
         with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def test_stack_backend_choice_status_jobs_and_a_server_that_does_not_preload_timescale(backend: str) -> None:
+    """`--backend` picks the server's setup and the schema; `ioc status` shows every background job's last run,
+    outcome and lag; asking a non-preloading server for TimescaleDB is one line saying what to change."""
+    root = Path(tempfile.mkdtemp(prefix=f"cli-{backend}-", dir=REPO / ".ioc"))
+    try:
+        up = ioc("stack", "up", "--dir", str(root), "--backend", backend)
+        assert f"schema: {backend} backend" in up.stdout
+        ioc("db", "maintain", "--dir", str(root))
+        status = ioc("status", "--dir", str(root)).stdout
+        assert "Background jobs" in status
+        if backend == "timescale":
+            for job in ("Columnstore Policy", "Retention Policy", "Refresh Continuous Aggregate Policy"):
+                assert job in status
+            assert "upkeep: ok" in status or "worker: success" in status
+        else:
+            assert "Partitions, retention and rollups" in status
+            assert "upkeep: ok" in status
+            dsn = ioc("stack", "up", "--dir", str(root), "--no-migrate").stdout.split("DSN: ", 1)[1].split()[0]
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                conn.execute("CREATE DATABASE fresh")
+            refused = ioc("db", "migrate", "--dsn", dsn.rsplit("/", 1)[0] + "/fresh", "--backend", "timescale",
+                          check=False)
+            assert refused.returncode == 1
+            out = refused.stdout + refused.stderr
+            assert "connection is closed" not in out
+            assert "shared_preload_libraries" in out or "not installed" in out
+            assert len([ln for ln in out.splitlines() if ln.strip()]) <= 3  # a message, not a traceback
+    finally:
+        subprocess.run([sys.executable, "-m", "ioc", "stack", "down", "--dir", str(root)], capture_output=True,
+                       check=False, cwd=REPO)
+        shutil.rmtree(root, ignore_errors=True)

@@ -1,0 +1,69 @@
+"""A backlog delivered days late reaches the 1-minute and 1-hour aggregates within a minute, on both backends.
+
+On TimescaleDB a refresh policy covers only its own window and real-time aggregation only reads rows above an
+aggregate's watermark, so without the project's upkeep these rows would never show in telemetry_1m/_1h."""
+
+from __future__ import annotations
+
+import uuid
+
+import psycopg
+from support import wait_until
+
+from cloud.db.devices import register_devices
+from cloud.ingest.service import IngestService
+from contract.messages import now_ms
+from ioc.stack import Stack
+from simulators.fleet import Fleet, FleetSpec
+from simulators.publisher import FleetPublisher
+from simulators.runner import SimRunner
+
+DAY_MS = 86_400_000
+
+
+def _aggregate(db: psycopg.Connection, view: str, ids: list[str]) -> dict[tuple[object, str, str], tuple[int, float]]:
+    rows = db.execute(f"SELECT bucket, device_id, metric, n, round(total::numeric, 6) FROM {view}"
+                      " WHERE device_id = ANY(%s)", (ids,)).fetchall()
+    return {(b, d, m): (int(n), float(t)) for b, d, m, n, t in rows}
+
+
+def _from_raw(db: psycopg.Connection, unit: str, ids: list[str]) -> dict[tuple[object, str, str], tuple[int, float]]:
+    rows = db.execute(f"SELECT date_trunc('{unit}', ts, 'UTC'), device_id, metric, count(*),"
+                      " round(sum(value)::numeric, 6) FROM telemetry WHERE device_id = ANY(%s) GROUP BY 1, 2, 3",
+                      (ids,)).fetchall()
+    return {(b, d, m): (int(n), float(t)) for b, d, m, n, t in rows}
+
+
+def _refresh(db: psycopg.Connection, view: str, end: str) -> None:
+    """Retried while ingest's upkeep refreshes the same aggregate."""
+    def attempt() -> bool:
+        try:
+            db.execute(f"CALL refresh_continuous_aggregate('{view}', NULL, {end})")
+            return True
+        except psycopg.errors.LockNotAvailable:
+            return False
+    wait_until(attempt, what=f"a refresh of {view}")
+
+
+def test_a_backlog_three_days_late_shows_in_both_aggregates_within_a_minute(
+    stack: Stack, ingest: IngestService, db: psycopg.Connection, backend: str
+) -> None:
+    fleet = Fleet(FleetSpec(prefix=f"late{uuid.uuid4().hex[:6]}", gateways=3, cameras=0, interval_s=600,
+                            samples_per_message=10, fault_rate=0.0, seed=7))
+    ids = [d.device_id for d in fleet.devices]
+    with psycopg.connect(stack.dsn) as conn:
+        register_devices(conn, fleet.registrations())
+    if backend == "timescale":  # the aggregates are materialised up to an hour ago: the backlog lies far below
+        _refresh(db, "telemetry_1m", "now() - interval '1 hour'")
+        _refresh(db, "telemetry_1h", "date_trunc('hour', now()) - interval '1 hour'")
+    with FleetPublisher(fleet, stack.mqtt_host, stack.mqtt_port) as pub:
+        SimRunner(fleet, pub).burst(now_ms() - 3 * DAY_MS, rounds=12)  # 2 hours of readings, three days old
+        assert pub.drain(60)
+    expected_points = len(pub.sent.points())
+    assert expected_points > 3 * 120
+    wait_until(lambda: db.execute("SELECT count(*) FROM telemetry WHERE device_id = ANY(%s)", (ids,)).fetchone()
+               == (expected_points,), what="the backlog stored")
+    minutes, hours = _from_raw(db, "minute", ids), _from_raw(db, "hour", ids)
+    assert len(hours) >= 2 * len(ids)  # the backlog spans more than one hour per metric
+    wait_until(lambda: _aggregate(db, "telemetry_1m", ids) == minutes, timeout=60, what="1-minute aggregate")
+    wait_until(lambda: _aggregate(db, "telemetry_1h", ids) == hours, timeout=60, what="1-hour aggregate")

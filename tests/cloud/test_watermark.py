@@ -1,0 +1,146 @@
+"""The watermark ingest publishes after its commits (ack/v1/{device}): exact, coalesced, never ahead of
+the database -- also with two ingest processes splitting one device's messages in a share group."""
+
+from __future__ import annotations
+
+import json
+import threading
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import psycopg
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+from support import wait_until
+
+from cloud.ingest.watermark import WatermarkTracker, add_seq, envelope_key
+from contract import topics
+from contract.messages import now_ms
+from contract.watermark import MAX_RANGES, Watermark
+from ioc.stack import Stack
+
+SITE = "district-01"
+
+
+def test_ranges_merge_and_stay_bounded() -> None:
+    r: list[list[int]] = []
+    for s in [5, 3, 4, 10, 1, 2, 2, 12]:
+        add_seq(r, s)
+    assert r == [[1, 5], [10, 10], [12, 12]]
+    add_seq(r, 11)
+    assert r == [[1, 5], [10, 12]]
+    for s in range(100, 100 + 2 * MAX_RANGES, 2):  # every other seq: one range each
+        add_seq(r, s)
+    assert len(r) == MAX_RANGES
+    assert r[-1] == [100 + 2 * MAX_RANGES - 2] * 2  # the newest kept, the oldest fell off
+
+
+def test_the_envelope_is_read_from_the_top_level_only() -> None:
+    plain = b'{"v":1,"device_id":"d","boot_id":"b1","seq":7,"samples":[]}'
+    nested_first = b'{"v":1,"device_id":"d","events":[{"details":{"seq":3,"boot_id":"x"}}],"boot_id":"b1","seq":7}'
+    assert envelope_key(plain) == ("b1", 7)
+    assert envelope_key(nested_first) == ("b1", 7)
+    assert envelope_key(b'{"v":1,"seq":7}') is None
+    assert envelope_key(b'{"boot_id":"b","seq":1,"x":{"seq":2}' + b"[" * 5000) is None  # hostile: no crash
+
+
+def test_watermarks_are_coalesced_per_device_and_rate_bounded() -> None:
+    clock = [100.0]
+    t = WatermarkTracker("i1", min_interval_s=1.0, clock=lambda: clock[0])
+    t.committed([("d1", b'{"boot_id":"b","seq":%d}' % i) for i in (1, 2, 3, 5)])
+    t.committed([("d2", b'{"boot_id":"c","seq":9}')])
+    first = {tp: Watermark.model_validate_json(p) for tp, p in t.due()}
+    assert set(first) == {topics.watermark("d1"), topics.watermark("d2")}
+    assert first[topics.watermark("d1")].boots[0].ranges == [(1, 3), (5, 5)]
+    t.committed([("d1", b'{"boot_id":"b","seq":4}')])
+    assert t.due() == []  # within the interval: held back, not lost
+    clock[0] += 1.0
+    ((_, payload),) = t.due()
+    assert Watermark.model_validate_json(payload).boots[0].ranges == [(1, 5)]
+    t.committed([("d1", b'{"boot_id":"b2","seq":100}')])  # the device restarted
+    clock[0] += 1.0
+    ((_, payload),) = t.due()
+    assert [b.boot_id for b in Watermark.model_validate_json(payload).boots] == ["b2", "b"]
+
+
+class _AckWatcher:
+    """Subscribes to a device's watermark topic; on every watermark, records which claimed seqs the
+    database did not have at that moment."""
+
+    def __init__(self, stack: Stack, device: str, stored_seqs: Callable[[], set[int]]) -> None:
+        self.claimed: set[int] = set()
+        self.ahead: set[int] = set()
+        self.count = 0
+        self._stored = stored_seqs
+        self._lock = threading.Lock()
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+        self.client.on_message = self._on_message
+        self.client.connect(stack.mqtt_host, stack.mqtt_port)
+        self.client.subscribe(topics.watermark(device), qos=1)
+        self.client.loop_start()
+
+    def _on_message(self, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        wm = Watermark.model_validate_json(msg.payload)
+        claimed = {s for b in wm.boots for lo, hi in b.ranges for s in range(lo, hi + 1)}
+        stored = self._stored()
+        with self._lock:
+            self.count += 1
+            self.claimed |= claimed
+            self.ahead |= claimed - stored
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+def _payload(device: str, seq: int, ts: int, valid: bool = True) -> str:
+    value = 12.5 if valid else "junk"
+    return json.dumps({"v": 1, "device_id": device, "boot_id": "boot-a", "seq": seq, "sent_at": now_ms(),
+                       "samples": [{"ts": ts, "values": {"pm25": value}}]})
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("processes", [1, 2])
+def test_the_watermark_names_exactly_the_committed_messages(
+    stack: Stack, db: psycopg.Connection, register_device: Callable[..., None],
+    spawn_ingest: Callable[..., Any], processes: int,
+) -> None:
+    device = f"wm-{uuid.uuid4().hex[:8]}"
+    register_device(device, SITE, "env-gateway")
+    group = f"g{uuid.uuid4().hex[:6]}" if processes > 1 else ""
+    procs = [spawn_ingest(group) for _ in range(processes)]
+    for p in procs:
+        p.start()
+    base = now_ms() - 600_000
+
+    def stored_seqs() -> set[int]:  # seq n carries ts base + n
+        rows = db.execute("SELECT (extract(epoch FROM ts) * 1000)::bigint - %s FROM telemetry WHERE device_id = %s",
+                          (base, device)).fetchall()
+        dead = db.execute("SELECT payload FROM dead_letters WHERE device_id = %s", (device,)).fetchall()
+        return {int(r[0]) for r in rows} | {json.loads(bytes(p))["seq"] for (p,) in dead}
+
+    watcher = _AckWatcher(stack, device, stored_seqs)
+    pub = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    pub.connect(stack.mqtt_host, stack.mqtt_port)
+    pub.loop_start()
+    try:
+        wait_until(lambda: all("connected to mqtt" in p.log() for p in procs), what="ingest processes connected")
+        birth = {"v": 1, "device_id": device, "status": "online", "boot_id": "boot-a", "ts": now_ms()}
+        pub.publish(topics.state(device), json.dumps(birth), qos=1).wait_for_publish(10)
+        wait_until(lambda: db.execute("SELECT online FROM device_status WHERE device_id = %s", (device,)).fetchone(),
+                   what="ingest subscribed (birth stored)")
+        seqs = range(300)
+        for n in seqs:
+            pub.publish(topics.telemetry(SITE, device, "env"), _payload(device, n, base + n, valid=n % 50 != 7),
+                        qos=1).wait_for_publish(10)
+        wait_until(lambda: watcher.claimed >= set(seqs), timeout=60,
+                   what=f"every message acknowledged end to end ({processes} processes)")
+    finally:
+        pub.loop_stop()
+        pub.disconnect()
+        watcher.close()
+    assert watcher.ahead == set(), f"watermarks claimed messages the database did not have: {sorted(watcher.ahead)}"
+    assert watcher.claimed == set(seqs)
+    assert stored_seqs() == set(seqs)  # the invalid ones as dead letters: in the database, not to be resent
