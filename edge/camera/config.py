@@ -76,6 +76,18 @@ class MotionConfig(_Cfg):
     full_frame_fraction: float = Field(
         default=0.5, gt=0, le=1, description="motion region above this -> whole frame"
     )
+    track_interval_s: float = Field(
+        default=0.25,
+        ge=0,
+        le=5,
+        description="while all motion is on tracked objects, detect this often and predict between; 0 = never skip",
+    )
+    camera_motion: bool = Field(
+        default=True, description="suspend counts, speeds and congestion while the camera itself moves"
+    )
+    flicker: float = Field(
+        default=0.6, gt=0, le=1, description="pixels moving more than this share of the time are ignored"
+    )
 
 
 class TrackerConfig(_Cfg):
@@ -86,6 +98,12 @@ class TrackerConfig(_Cfg):
         default=0.1, gt=0, lt=1, description="weaker detections only extend existing tracks"
     )
     match_iou: float = Field(default=0.2, gt=0, lt=1, description="minimum IoU to associate a detection")
+    match_distance: float = Field(
+        default=0.6,
+        gt=0,
+        le=5,
+        description="or: centres this many box heights apart at most (more for tracks unseen for a while)",
+    )
     lost_s: float = Field(default=2.0, gt=0, description="how long a track survives without detections")
     min_hits: int = Field(default=2, ge=1, description="matches before a track is reported")
 
@@ -105,6 +123,12 @@ class LineConfig(_Cfg):
     )
     band_px: float = Field(
         default=4.0, ge=0, description="hysteresis half-width: jitter inside it never counts"
+    )
+    handoff_s: float = Field(
+        default=1.5, ge=0, description="a new track near one that vanished this recently takes over its side"
+    )
+    dedupe_s: float = Field(
+        default=1.0, ge=0, description="same direction, same place, another track within this: counted once"
     )
 
 

@@ -18,7 +18,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 OPSET = 17
-CONVERTER_VERSION = 2  # part of the cache file name: a change here re-converts
+CONVERTER_VERSION = 3  # part of the cache file name: a change here re-converts (3: anchor mask fix)
 DARKNET_BN_EPS = 1e-6  # darknet divides by (sqrt(var) + .000001)
 
 
@@ -130,8 +130,18 @@ class _Builder:
         return name, filters
 
 
-def convert(cfg_path: Path, weights_path: Path, input_size: int, names: list[str]) -> onnx.ModelProto:
-    """Build the ONNX model for a square input of `input_size` (a multiple of 32)."""
+def convert(
+    cfg_path: Path,
+    weights_path: Path,
+    input_size: int,
+    names: list[str],
+    yolo_masks: dict[int, list[int]] | None = None,
+) -> onnx.ModelProto:
+    """Build the ONNX model for a square input of `input_size` (a multiple of 32).
+
+    `yolo_masks` overrides the anchor mask of the n-th [yolo] layer (0-based): a cfg may not match the
+    masks its weights were trained with (see registry.MODELS), and the anchors decide the box sizes.
+    """
     if input_size % 32:
         raise DarknetError(f"input size {input_size} is not a multiple of 32")
     sections = parse_cfg(cfg_path.read_text(encoding="utf-8"))
@@ -185,7 +195,9 @@ def convert(cfg_path: Path, weights_path: Path, input_size: int, names: list[str
             src = f"short{idx}"
         elif sec.kind == "yolo":
             pairs = np.array(sec.get_ints("anchors"), dtype=np.float32).reshape(-1, 2)
-            mask = sec.get_ints("mask")
+            mask = (yolo_masks or {}).get(len(heads)) or sec.get_ints("mask")
+            if max(mask) >= len(pairs):
+                raise DarknetError(f"layer {idx}: anchor mask {mask} outside the {len(pairs)} anchors")
             heads.append(YoloHead(src, pairs[mask].tolist(), stride, ch))
         else:
             raise DarknetError(f"layer {idx}: [{sec.kind}] not supported")

@@ -32,6 +32,8 @@ class MotionGate:
         self.detector_size = detector_size
         self.background: np.ndarray | None = None
         self.last_full: float | None = None
+        self.activity: np.ndarray | None = None  # how often each pixel moved lately (0..1)
+        self.last_reason = "first"
 
     def _small_grey(self, frame: np.ndarray) -> tuple[np.ndarray, float]:
         h, w = frame.shape[:2]
@@ -49,6 +51,12 @@ class MotionGate:
         diff = cv2.absdiff(grey, cv2.convertScaleAbs(self.background))
         cv2.accumulateWeighted(grey, self.background, self.cfg.alpha)
         mask = cv2.threshold(diff, self.cfg.threshold, 255, cv2.THRESH_BINARY)[1]
+        moving = (mask > 0).astype(np.float32)
+        if self.activity is None:
+            self.activity = np.zeros_like(moving)
+        cv2.accumulateWeighted(moving, self.activity, 0.05)
+        # Pixels that move nearly all the time (a flag, tape or leaves in the wind) are not objects.
+        mask[self.activity > self.cfg.flicker] = 0
         mask = cv2.dilate(mask, np.ones((3, 3), np.uint8), iterations=2)
         n, _, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
         min_area = self.cfg.min_area * grey.size
@@ -58,6 +66,11 @@ class MotionGate:
         return xyxy.astype(np.float32) / scale
 
     def decide(self, frame: np.ndarray, t: float) -> MotionDecision:
+        decision = self._decide(frame, t)
+        self.last_reason = decision.reason
+        return decision
+
+    def _decide(self, frame: np.ndarray, t: float) -> MotionDecision:
         if not self.cfg.enabled:
             return MotionDecision(True, None, np.zeros((0, 4), np.float32), "disabled")
         first = self.background is None

@@ -20,6 +20,7 @@ import supervision as sv
 from contract.messages import CountSample, Event, MetricSample, now_ms
 from edge.camera.aggregate import IntervalClock, SpeedTally, count_samples, traffic_sample
 from edge.camera.backends import build_detector
+from edge.camera.camera_motion import CameraMotionDetector
 from edge.camera.config import VEHICLES, CameraConfig
 from edge.camera.congestion import CongestionState, congestion_level
 from edge.camera.detector import Detector, class_names
@@ -74,6 +75,8 @@ class CameraPipeline:
         self.model_id = self.detector.model_id
         self.gate = MotionGate(config.motion, self.detector.input_size)
         self.tracker = ByteTracker(config.tracker)
+        # ByteTrack's second stage needs the weak detections too: ask the detector down to low_conf.
+        self.detect_conf = min(config.tracker.low_conf, getattr(config.model, "conf", 1.0))
         self.lines = [LineCounter(cfg, config.classes) for cfg in config.lines]
         self.ground = GroundPlane(config.homography) if config.homography else None
         self.zones = [ZoneMonitor(z, self._head_world(z.queue_head)) for z in config.zones]
@@ -87,6 +90,9 @@ class CameraPipeline:
         self.last_tracked = sv.Detections.empty()
         self.last_frame: Frame | None = None  # the newest analysed frame (for the snapshot command)
         self._speed_window: deque[tuple[float, float]] = deque()
+        self._last_detect_t = -np.inf
+        self.camera_motion = CameraMotionDetector() if config.motion.camera_motion else None
+        self._last_t: float | None = None
         self._next_congestion_t = 0.0
 
     def _head_world(self, point: tuple[float, float] | None) -> np.ndarray | None:
@@ -99,17 +105,39 @@ class CameraPipeline:
         decision = self.gate.decide(frame.image, frame.t)
         if not decision.run:
             return None, None
+        if decision.reason in ("motion", "full_motion") and self._motion_is_tracked(decision.boxes, frame.t):
+            return None, None
+        self._last_detect_t = frame.t
         image, (x0, y0) = frame.image, (0, 0)
         if decision.region is not None:
             x0, y0, x1, y1 = decision.region
             image = frame.image[y0:y1, x0:x1]
         started = time.perf_counter()
-        dets = self.detector.detect(image)
+        dets = self.detector.detect(image, conf=self.detect_conf)
         ms = (time.perf_counter() - started) * 1000
         if decision.region is None:
             return dets, ms
         dets.xyxy = dets.xyxy + np.array([x0, y0, x0, y0], np.float32)
         return sv.Detections.merge([dets, self._carried_outside(decision.region)]), ms
+
+    def _motion_is_tracked(self, blobs: np.ndarray, t: float) -> bool:
+        """Every moving blob lies on a track seen moments ago, whose motion the Kalman filter predicts:
+        the detector can wait (at most `motion.track_interval_s`); a blob elsewhere is something new."""
+        if t - self._last_detect_t >= self.config.motion.track_interval_s:
+            return False
+        boxes = self.tracker.predicted(t, max_gap_s=self.config.motion.track_interval_s).xyxy
+        if len(boxes) == 0:
+            return False
+        w, h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+        grown = boxes + np.stack([-0.3 * w, -0.2 * h, 0.3 * w, 0.2 * h], axis=1)
+        cx, cy = (blobs[:, 0] + blobs[:, 2]) / 2, (blobs[:, 1] + blobs[:, 3]) / 2
+        inside = (
+            (cx[:, None] >= grown[None, :, 0])
+            & (cx[:, None] <= grown[None, :, 2])
+            & (cy[:, None] >= grown[None, :, 1])
+            & (cy[:, None] <= grown[None, :, 3])
+        )
+        return bool(inside.any(axis=1).all())
 
     def _carried_outside(self, region: tuple[int, int, int, int]) -> sv.Detections:
         """Tracks wholly outside the crop did not move (no motion there): keep them as detections."""
@@ -130,20 +158,28 @@ class CameraPipeline:
 
     def process(self, frame: Frame) -> FrameResult:
         self.last_frame = frame
+        still = FrameResult(frame, sv.Detections.empty(), False, None)
+        if self._camera_moving(frame, still):  # nothing is reported meanwhile: the detector rests too
+            self.last_tracked = sv.Detections.empty()
+            self._close_intervals(frame.epoch_ms, still)
+            return still
         dets, ms = self._detect(frame)
         if dets is not None:
-            tracked = self.tracker.update(dets, frame.t)
+            tracked = self.tracker.update(dets, frame.t, frame.image)
             gone = self.tracker.removed
             for counter in self.lines:
                 counter.forget(gone)
             self.speed.forget(gone)
             self.pixel_speed.forget(gone)
             self.last_tracked = tracked
+        elif self.gate.last_reason in ("motion", "full_motion"):
+            # moving, but only where tracks are: their Kalman predictions stand in for the detector
+            tracked = self.tracker.predicted(frame.t, max_gap_s=self.config.motion.track_interval_s)
         else:
             tracked = self.last_tracked  # nothing moved: same objects, same places
-        result = FrameResult(frame, tracked, dets is not None, ms)
+        result = FrameResult(frame, tracked, dets is not None, ms, events=still.events)
         for counter in self.lines:
-            for crossing in counter.trigger(tracked):
+            for crossing in counter.trigger(tracked, frame.t):
                 self.totals[(crossing.line, crossing.cls, crossing.direction)] += 1
                 result.crossings.append(crossing)
                 if crossing.wrong_way:
@@ -151,6 +187,30 @@ class CameraPipeline:
         self._measure(frame, tracked, result)
         self._close_intervals(frame.epoch_ms, result)
         return result
+
+    def _camera_moving(self, frame: Frame, result: FrameResult) -> bool:
+        """While the camera itself moves, pixel geometry means nothing: no crossings, speeds, zones or
+        congestion; one event says so when it starts and one when the view is steady again."""
+        if self.camera_motion is None:
+            return False
+        dt = frame.t - self._last_t if self._last_t is not None else 0.1
+        self._last_t = frame.t
+        state = self.camera_motion.update(frame.image, frame.t, dt)
+        if state.changed:
+            kind = "camera_moving" if state.moving else "camera_steady"
+            details: dict[str, object] = {
+                "reason": "global image motion: counts, speeds and congestion suspended"
+                if state.moving
+                else "view steady again: counting resumed",
+                "moving_share": round(state.moving_share, 2),
+            }
+            result.events.append(self._event(frame, kind, "warning" if state.moving else "info", details))
+            for counter in self.lines:  # sides seen from a moving camera are not sides of the line
+                counter.sides.clear()
+            self.speed = SpeedEstimator()
+            self.pixel_speed = SpeedEstimator()
+            self._speed_window.clear()
+        return state.moving
 
     def _measure(self, frame: Frame, tracked: sv.Detections, result: FrameResult) -> None:
         n = len(tracked)

@@ -40,6 +40,7 @@ class DarknetSource:
     names: str
     sha256: dict[str, str]
     licence: str
+    yolo_masks: dict[int, list[int]] | None = None  # [yolo] layer -> anchor mask the weights were trained with
 
     def directory(self) -> Path:
         spec = importlib.util.find_spec(self.package)  # locate without importing (its deps are broken)
@@ -63,6 +64,10 @@ MODELS: dict[str, DarknetSource] = {
             "coco.names": "33c77761e124cc74911346865e3bc1219b87c2db7d0f106e3376bf5ef3785933",
         },
         licence="public domain (Darknet weights, J. Redmon)",
+        # The shipped cfg gives the stride-16 head mask 0,1,2 (a known upstream cfg mistake); the published
+        # COCO weights were trained with 1,2,3. With 0,1,2 every box of that head comes out about half
+        # the object's height (tests/edge/camera/test_camera_detector.py measures it on bus.jpg).
+        yolo_masks={1: [1, 2, 3]},
     ),
 }
 DEFAULT_MODEL = "yolov3-tiny-coco"
@@ -110,7 +115,7 @@ def prepare(model_id: str = DEFAULT_MODEL, input_size: int = 320, force: bool = 
         return target
     cfg, weights, names_file = source_files(model_id)
     names = [n.strip() for n in names_file.read_text(encoding="utf-8").splitlines() if n.strip()]
-    model = convert(cfg, weights, input_size, names)
+    model = convert(cfg, weights, input_size, names, MODELS[model_id].yolo_masks)
     onnx.helper.set_model_props(
         model,
         {

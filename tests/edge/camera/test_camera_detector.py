@@ -38,6 +38,45 @@ def test_street_footage_finds_people_cars_and_bicycles(
     assert seen["bicycle"] >= 1
 
 
+# People measured by hand (head top to feet, frame pixels) on real frames: x0, y0, x1, y1.
+VTEST_300_PEOPLE = [
+    (185, 160, 220, 233),
+    (245, 160, 270, 220),
+    (298, 160, 322, 230),
+    (315, 211, 345, 295),
+    (582, 160, 612, 235),
+    (620, 161, 645, 234),
+]
+BUS_PEOPLE = [(50, 400, 245, 900), (225, 405, 345, 858)]
+
+
+def _height_ratios(dets: sv.Detections, people: list[tuple[int, int, int, int]]) -> list[float]:
+    """Box height / hand-measured height for every confident person box centred on a measured person."""
+    keep = (class_names(dets) == "person") & (dets.confidence >= 0.5)
+    boxes = dets.xyxy[keep]
+    ratios = []
+    for x0, y0, x1, y1 in people:
+        cx, cy = (boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2
+        inside = (cx >= x0) & (cx <= x1) & (cy >= y0) & (cy <= y1)
+        ratios += [float(h) / (y1 - y0) for h in boxes[inside, 3] - boxes[inside, 1]]
+    return ratios
+
+
+@pytest.mark.parametrize("size", [320, 416])
+def test_person_boxes_are_as_tall_as_the_people_measured_by_hand(
+    size: int, bus_image: np.ndarray, vtest_video: Path
+) -> None:
+    """The shipped cfg's stride-16 anchor mask (0,1,2, not the trained 1,2,3) gave boxes ~0.5 tall."""
+    det = OnnxDetector(registry.prepare("yolov3-tiny-coco", size), threads=2)
+    (frame,) = read_frames(vtest_video, [300])
+    ratios = _height_ratios(det.detect(frame), VTEST_300_PEOPLE)
+    ratios += _height_ratios(det.detect(bus_image), BUS_PEOPLE)
+    print(f"height ratios at {size}: {np.round(ratios, 2)}")
+    assert len(ratios) >= 4
+    assert 0.85 <= float(np.median(ratios)) <= 1.15, ratios
+    assert min(ratios) >= 0.7, ratios  # the bug gave 0.45-0.56
+
+
 def _opencv_reference(net: cv2.dnn.Net, image: np.ndarray, size: int, det: OnnxDetector) -> sv.Detections:
     """Decode OpenCV's own Darknet YOLO output (x, y, w, h relative, obj, obj*class) on the same letterbox."""
     boxed, lb = letterbox(image, size)
@@ -54,12 +93,25 @@ def _opencv_reference(net: cv2.dnn.Net, image: np.ndarray, size: int, det: OnnxD
     return make_detections((lb.to_frame(xyxy, w0, h0), score, ids), det.names)
 
 
+def _with_trained_masks(cfg_text: str) -> str:
+    masks = registry.MODELS["yolov3-tiny-coco"].yolo_masks or {}
+    out, head = [], -1
+    for raw in cfg_text.splitlines():
+        if raw.strip().startswith("[yolo]"):
+            head += 1
+        trained = raw.replace(" ", "").startswith("mask=") and head in masks
+        out.append("mask = " + ",".join(str(m) for m in masks[head]) if trained else raw)
+    return "\n".join(out) + "\n"
+
+
 @pytest.mark.parametrize("size", [320, 416])
 def test_onnx_boxes_match_opencv_darknet_reference(
-    size: int, bus_image: np.ndarray, sample_video: Path
+    size: int, bus_image: np.ndarray, sample_video: Path, tmp_path: Path
 ) -> None:
     cfg, weights, _ = registry.source_files("yolov3-tiny-coco")
-    net = cv2.dnn.readNetFromDarknet(str(cfg), str(weights))
+    fixed = tmp_path / "yolov3-tiny.cfg"  # OpenCV reads the cfg as is: give it the trained anchor masks
+    fixed.write_text(_with_trained_masks(cfg.read_text(encoding="utf-8")), encoding="utf-8")
+    net = cv2.dnn.readNetFromDarknet(str(fixed), str(weights))
     ours = OnnxDetector(registry.prepare("yolov3-tiny-coco", size), threads=2)
     frames = [bus_image, *read_frames(sample_video, SAMPLE_FRAMES)]
     matched = total = 0

@@ -123,8 +123,18 @@ def test_motion_gate_skips_a_still_scene(tmp_path: Path) -> None:
     assert detector.calls <= 3  # the first frame and the 2 s refreshes only
 
     moving = SquareDetector()
-    list(CameraPipeline(square_config(synthetic_video(tmp_path / "m.avi", 50)), detector=moving).frames())
-    assert moving.calls >= 45
+    pipeline = CameraPipeline(square_config(synthetic_video(tmp_path / "m.avi", 50)), detector=moving)
+    list(pipeline.frames())
+    # All motion is on the tracked square: the detector runs every track_interval_s (0.25 s), the
+    # Kalman prediction fills in, and the crossing is still counted exactly once.
+    assert 10 <= moving.calls <= 30
+    assert dict(pipeline.totals) == {("mid", "car", "in"): 1}
+
+    always = SquareDetector()
+    cfg = square_config(synthetic_video(tmp_path / "a.avi", 50))
+    cfg = cfg.model_copy(update={"motion": MotionConfig(track_interval_s=0)})
+    list(CameraPipeline(cfg, detector=always).frames())
+    assert always.calls >= 45
 
 
 def test_motion_region_crops_around_the_movement() -> None:
@@ -168,7 +178,10 @@ def test_paced_source_stops_on_request(tmp_path: Path) -> None:
 
 def test_real_footage_end_to_end(model_320: Path, sample_video: Path) -> None:
     cfg = load_config(SAMPLE_CONFIG)
-    cfg = cfg.model_copy(update={"source": SourceConfig(uri=str(sample_video), analysis_fps=10)})
+    # The film's camera moves (its crossings are artefacts, see test_camera_motion.py); suspension is
+    # off here because this test checks that the messages add up to what the box counted.
+    motion = cfg.motion.model_copy(update={"camera_motion": False})
+    cfg = cfg.model_copy(update={"source": SourceConfig(uri=str(sample_video), analysis_fps=5), "motion": motion})
     pipeline = CameraPipeline(cfg)
     counts: list[CountSample] = []
     classes: Counter[str] = Counter()
