@@ -90,6 +90,7 @@ class CameraPipeline:
         self.last_tracked = sv.Detections.empty()
         self.last_frame: Frame | None = None  # the newest analysed frame (for the snapshot command)
         self._speed_window: deque[tuple[float, float]] = deque()
+        self._moved_in_interval = False  # a metrics interval the camera moved in reports nothing
         self._last_detect_t = -np.inf
         self.camera_motion = CameraMotionDetector() if config.motion.camera_motion else None
         self._last_t: float | None = None
@@ -196,6 +197,7 @@ class CameraPipeline:
         dt = frame.t - self._last_t if self._last_t is not None else 0.1
         self._last_t = frame.t
         state = self.camera_motion.update(frame.image, frame.t, dt)
+        self._moved_in_interval |= state.moving
         if state.changed:
             kind = "camera_moving" if state.moving else "camera_steady"
             details: dict[str, object] = {
@@ -283,9 +285,10 @@ class CameraPipeline:
         closed = self.metric_clock.start_ms if final else self.metric_clock.advance(epoch_ms)
         if closed is not None:
             readings = [z.take() for z in self.zones]
-            result.metrics = traffic_sample(
-                closed, readings, self.tally.take(), self.config.congestion.free_flow_kmh
-            )
+            speed = self.tally.take()
+            if not self._moved_in_interval:  # queues and speeds seen from a moving camera are not real
+                result.metrics = traffic_sample(closed, readings, speed, self.config.congestion.free_flow_kmh)
+            self._moved_in_interval = bool(self.camera_motion and self.camera_motion.moving)
 
     # -- driving it ------------------------------------------------------------------------------
     def frames(self, stop_event: threading.Event | None = None) -> Iterator[FrameResult]:
