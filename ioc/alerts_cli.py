@@ -42,7 +42,8 @@ def run(dsn: Dsn = None, mqtt_host: Annotated[str | None, typer.Option()] = None
     ep = resolve(dsn or os.environ.get("IOC_ALERTS_DSN"), mqtt_host or os.environ.get("IOC_ALERTS_MQTT_HOST"),
                  mqtt_port or (int(os.environ["IOC_ALERTS_MQTT_PORT"]) if "IOC_ALERTS_MQTT_PORT" in os.environ
                                else None), directory)
-    overrides: dict[str, object] = {"dsn": ep.dsn, "mqtt_host": ep.mqtt_host, "mqtt_port": ep.mqtt_port}
+    overrides: dict[str, object] = {"dsn": ep.dsn, "mqtt_host": ep.mqtt_host, "mqtt_port": ep.mqtt_port,
+                                    **ep.login()}
     if rules:
         overrides["rules_dir"] = rules
     if instance:

@@ -159,8 +159,8 @@ def ingest(dsn: Dsn = None, mqtt_host: MqttHost = None, mqtt_port: MqttPort = No
         with psycopg.connect(resolve_dsn(dsn, directory)) as conn:
             console.print(ingest_table(read_status(conn)))
         return
-    ep = resolve(dsn, mqtt_host, mqtt_port, directory)
-    settings = IngestSettings(dsn=ep.dsn, mqtt_host=ep.mqtt_host, mqtt_port=ep.mqtt_port)
+    ep = resolve(dsn, mqtt_host, mqtt_port, directory, service="ingest")
+    settings = IngestSettings(dsn=ep.dsn, mqtt_host=ep.mqtt_host, mqtt_port=ep.mqtt_port, **ep.login())
     if instance:
         settings.instance = instance
     svc = IngestService(settings)
@@ -190,14 +190,15 @@ def sim(gateways: int = 20, cameras: int = 4, interval: Annotated[float, typer.O
     from simulators.publisher import FleetPublisher
     from simulators.runner import SimRunner
 
-    ep = resolve(dsn, mqtt_host, mqtt_port, directory)
+    ep = resolve(dsn, mqtt_host, mqtt_port, directory, service="simulator")
     fleet = Fleet(FleetSpec(gateways=gateways, cameras=cameras, interval_s=interval, fault_rate=fault_rate, seed=seed))
     with psycopg.connect(ep.dsn) as conn:
         register_devices(conn, fleet.registrations())
     stop = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    with FleetPublisher(fleet, ep.mqtt_host, ep.mqtt_port) as pub:
+    login = (ep.mqtt_username, ep.mqtt_password or "") if ep.mqtt_username else None
+    with FleetPublisher(fleet, ep.mqtt_host, ep.mqtt_port, login=login) as pub:
         runner = SimRunner(fleet, pub, bad_ratio=bad_ratio, dup_ratio=dup_ratio, seed=seed)
         console.print(f"{len(fleet.devices)} devices connected; publishing every {interval:g}s")
         runner.run(stop, duration, on_second=None)

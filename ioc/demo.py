@@ -31,6 +31,9 @@ log = logging.getLogger(__name__)
 def _start_ingest(stack: Stack, log_file: Path) -> subprocess.Popen[bytes]:
     """A separate process, as in production; its log goes to a file the user can tail."""
     env = {**os.environ, "IOC_DSN": stack.dsn, "IOC_MQTT_HOST": stack.mqtt_host, "IOC_MQTT_PORT": str(stack.mqtt_port)}
+    login = stack.credentials("ingest")
+    if login:  # the child's environment only; never printed
+        env |= {"IOC_MQTT_USERNAME": login[0], "IOC_MQTT_PASSWORD": login[1]}
     out = log_file.open("ab")
     return subprocess.Popen([sys.executable, "-m", "ioc", "ingest", "--instance", "ingest-demo"],
                             env=env, stdout=out, stderr=subprocess.STDOUT)
@@ -98,7 +101,7 @@ def run_demo(console: Console, directory: Path | None, gateways: int, cameras: i
     stop = threading.Event()
     previous = signal.signal(signal.SIGINT, lambda *_: stop.set())
     try:
-        with FleetPublisher(fleet, stack.mqtt_host, stack.mqtt_port) as pub:
+        with FleetPublisher(fleet, stack.mqtt_host, stack.mqtt_port, login=stack.credentials("simulator")) as pub:
             runner = SimRunner(fleet, pub, bad_ratio=bad_ratio, dup_ratio=0.01, seed=seed)
             sim = threading.Thread(target=runner.run, args=(stop, duration_s), name="sim", daemon=True)
             camera = _start_camera_box(stack, stop, console) if camera_box else None

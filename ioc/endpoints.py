@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ioc.stack import Stack, StackError
@@ -14,22 +14,38 @@ class Endpoints:
     dsn: str
     mqtt_host: str
     mqtt_port: int
+    mqtt_username: str | None = None
+    mqtt_password: str | None = field(default=None, repr=False)
+    stack: Stack | None = field(default=None, repr=False)  # the local stack the endpoints came from, if any
+
+    def login(self) -> dict[str, str]:
+        """mqtt_username / mqtt_password settings kwargs; empty for a broker without logins."""
+        if self.mqtt_username is None:
+            return {}
+        return {"mqtt_username": self.mqtt_username, "mqtt_password": self.mqtt_password or ""}
 
 
 def resolve(dsn: str | None = None, mqtt_host: str | None = None, mqtt_port: int | None = None,
-            stack_dir: Path | None = None) -> Endpoints:
+            stack_dir: Path | None = None, service: str = "admin") -> Endpoints:
+    """service: whose broker login to use from the local stack (ingest, registry, alerts, simulator, bench,
+    admin) unless IOC_MQTT_USERNAME / IOC_MQTT_PASSWORD give one."""
     dsn = dsn or os.environ.get("IOC_DSN")
     mqtt_host = mqtt_host or os.environ.get("IOC_MQTT_HOST")
     port_env = os.environ.get("IOC_MQTT_PORT")
     mqtt_port = mqtt_port or (int(port_env) if port_env else None)
+    user, password = os.environ.get("IOC_MQTT_USERNAME"), os.environ.get("IOC_MQTT_PASSWORD")
     if dsn and mqtt_host and mqtt_port:
-        return Endpoints(dsn, mqtt_host, mqtt_port)
+        return Endpoints(dsn, mqtt_host, mqtt_port, user, password)
     try:
         stack = Stack.existing(stack_dir)
     except StackError as e:
         raise StackError(
             f"{e}, or pass --dsn/--mqtt-host/--mqtt-port (IOC_DSN, IOC_MQTT_HOST, IOC_MQTT_PORT)") from None
-    return Endpoints(dsn or stack.dsn, mqtt_host or stack.mqtt_host, mqtt_port or stack.mqtt_port)
+    if user is None:
+        user, password = stack.credentials(service) or (None, None)
+    return Endpoints(dsn or stack.dsn, mqtt_host or stack.mqtt_host, mqtt_port or stack.mqtt_port, user, password,
+                     stack)
+
 
 
 def resolve_dsn(dsn: str | None = None, stack_dir: Path | None = None) -> str:

@@ -49,7 +49,8 @@ class SentLog:
 
 
 class _DeviceLink:
-    def __init__(self, fleet: Fleet, dev: SimDevice, host: str, port: int, sent: SentLog, inflight: int) -> None:
+    def __init__(self, fleet: Fleet, dev: SimDevice, host: str, port: int, sent: SentLog, inflight: int,
+                 login: tuple[str, str] | None) -> None:
         self.dev = dev
         self._fleet = fleet
         self._sent = sent
@@ -60,6 +61,8 @@ class _DeviceLink:
         c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=dev.device_id, protocol=mqtt.MQTTv5)
         c.max_inflight_messages_set(inflight)
         c.max_queued_messages_set(0)
+        if login is not None:
+            c.username_pw_set(*login)
         self.client = c
         self._new_session()
         c.on_connect = self._on_connect
@@ -115,10 +118,14 @@ class _DeviceLink:
 class FleetPublisher:
     """Connects every device of the fleet; `publish` routes a message over its device's connection."""
 
-    def __init__(self, fleet: Fleet, host: str, port: int, inflight: int = 100) -> None:
+    def __init__(self, fleet: Fleet, host: str, port: int, inflight: int = 100,
+                 login: tuple[str, str] | None = None) -> None:
+        """login: the simulator's broker login (one account speaks for the whole simulated fleet), or None
+        for a broker that lets clients in anonymously."""
         self.fleet = fleet
         self.sent = SentLog()
-        self._links = {d.device_id: _DeviceLink(fleet, d, host, port, self.sent, inflight) for d in fleet.devices}
+        self._links = {d.device_id: _DeviceLink(fleet, d, host, port, self.sent, inflight, login)
+                       for d in fleet.devices}
 
     def __enter__(self) -> FleetPublisher:
         for link in self._links.values():

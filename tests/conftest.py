@@ -20,6 +20,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from support import mqtt_env, mqtt_login
+
 from cloud.db.devices import register_devices
 from cloud.db.migrate import migrate
 from cloud.ingest.service import IngestService
@@ -124,7 +126,7 @@ def ingest_settings(stack: Stack, **overrides: object) -> IngestSettings:
         "dsn": stack.dsn, "mqtt_host": stack.mqtt_host, "mqtt_port": stack.mqtt_port,
         "instance": f"test-ingest-{os.getpid()}-{n}",
         "batch_max_delay_s": 0.05, "session_expiry_s": 600, "stats_interval_s": 1.0,
-        "maintenance_interval_s": 2.0,
+        "maintenance_interval_s": 2.0, **mqtt_login(stack, "ingest"),
     }
     return IngestSettings(**{**base, **overrides})  # type: ignore[arg-type]
 
@@ -150,7 +152,7 @@ class IngestProcess:
         env = {**os.environ, "IOC_DSN": self.stack.dsn, "IOC_MQTT_HOST": self.stack.mqtt_host,
                "IOC_MQTT_PORT": str(self.stack.mqtt_port), "IOC_INGEST_SHARE_GROUP": self.group,
                "IOC_INGEST_BATCH_MAX_DELAY_S": "0.05", "IOC_INGEST_SESSION_EXPIRY_S": "600",
-               "IOC_INGEST_STATS_INTERVAL_S": "1", "COLUMNS": "200"}
+               "IOC_INGEST_STATS_INTERVAL_S": "1", "COLUMNS": "200", **mqtt_env(self.stack, "ingest")}
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen([sys.executable, "-m", "ioc", "ingest", "--instance", self.instance],
                                          env=env, stdout=log, stderr=subprocess.STDOUT)

@@ -6,6 +6,10 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
+import paho.mqtt.client as mqtt
+
+from ioc.stack import Stack
+
 T = TypeVar("T")
 
 
@@ -19,3 +23,24 @@ def wait_until(probe: Callable[[], T], timeout: float = 30.0, interval: float = 
         time.sleep(interval)
         last = probe()
     return last
+
+
+def mqtt_login(stack: Stack, service: str = "admin") -> dict[str, str]:
+    """Settings kwargs (mqtt_username, mqtt_password) a stack service logs in with; {} when auth is off."""
+    creds = stack.credentials(service)
+    return {"mqtt_username": creds[0], "mqtt_password": creds[1]} if creds else {}
+
+
+def mqtt_env(stack: Stack, service: str) -> dict[str, str]:
+    """The same as IOC_MQTT_USERNAME / IOC_MQTT_PASSWORD, for an `ioc ...` subprocess."""
+    creds = stack.credentials(service)
+    return {"IOC_MQTT_USERNAME": creds[0], "IOC_MQTT_PASSWORD": creds[1]} if creds else {}
+
+
+def login(client: mqtt.Client, stack: Stack, service: str = "admin") -> mqtt.Client:
+    """Give a test's own paho client a login before connect(): the stack's broker lets nobody in anonymously.
+    `simulator` publishes as any device; `admin` reads everything."""
+    creds = stack.credentials(service)
+    if creds:
+        client.username_pw_set(*creds)
+    return client

@@ -2,8 +2,8 @@
 retire; after each change the password and ACL files are rendered from the database and Mosquitto reloads
 them (SIGHUP: no restart, and a revoked device's open connection is dropped).
 
-Off unless `ApiSettings.broker_auth_dir` is set, so brokers that still let clients in anonymously keep
-working. Rotation replaces the password at once: with the username pinned to the device id there is one
+Off unless `ApiSettings.broker_auth_dir` is set (`ioc api` sets it for the local stack, whose broker
+requires a login); the stack's service logins in that folder are kept in every render. Rotation replaces the password at once: with the username pinned to the device id there is one
 password per device, so a grace period for the old one is not possible on Mosquitto 2.0's password file.
 """
 
@@ -52,6 +52,9 @@ class BrokerAuth:
             rows = await cur.fetchall()
             devices = [ba.DeviceGrant(u, h, d, "") for u, d, role, h in rows if role == "device"]
             services = [ba.ServiceGrant(u, h, cast(ba.ServiceRole, role)) for u, d, role, h in rows if role != "device"]
+            # The stack's own services (ingest, the registry itself, ...) live in its folder, not the database.
+            taken = {g.username for g in services} | {g.username for g in devices}
+            services += [g for g in await asyncio.to_thread(ba.service_grants, self.auth_dir) if g.username not in taken]
             await asyncio.to_thread(ba.install, self.auth_dir, devices, services)
             pid = self._broker_pid()
             if pid is not None:

@@ -71,6 +71,7 @@ class Stack:
             root=root / "mosquitto",
             port=mqtt_port or state.get("mqtt_port") or free_port(),
             binary=find_mosquitto(os.environ.get("IOC_MOSQUITTO_BIN")),
+            auth=bool(state.get("broker_auth", os.environ.get("IOC_BROKER_AUTH", "1") != "0")),
         )
         pg = Postgres(
             root=root / "postgres",
@@ -99,9 +100,23 @@ class Stack:
     def save(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         state = {"mqtt_port": self.mqtt_port, "pg_port": self.postgres.port, "pg_password": self.postgres.password,
-                 "backend": self.backend}
+                 "backend": self.backend, "broker_auth": self.mosquitto.auth}
         self.state_file.write_text(json.dumps(state, indent=2))
         self.state_file.chmod(0o600)
+
+    @property
+    def broker_auth(self) -> bool:
+        return self.mosquitto.auth
+
+    def credentials(self, service: str) -> tuple[str, str] | None:
+        """(username, password) a stack service logs in with, or None when the broker lets anyone in.
+        service: ingest, registry, alerts, simulator, bench or admin."""
+        logins = self.mosquitto.services()
+        if not logins:
+            return None
+        if service not in logins:
+            raise StackError(f"no broker login {service!r}: choose one of {', '.join(sorted(logins))}")
+        return logins[service].username, logins[service].password
 
     def up(self) -> dict[str, bool]:
         """Start what is not running; returns which services were already up."""

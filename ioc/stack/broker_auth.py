@@ -11,27 +11,33 @@ another site passes the broker; ingest refuses that into dead letters (the regis
 Hashes are Mosquitto's own `$7$` format (PBKDF2-SHA512, 12-byte salt), checked against
 `mosquitto_passwd`; only hashes are stored, the password is shown once.
 
-Not wired into the local stack yet: `ioc/stack/mosquitto.py` keeps `allow_anonymous true` until every
-client (ingest, the registry, the simulator, the benchmarks) authenticates. `config_lines()` is the hook.
+The local stack switches this on (`ioc/stack/mosquitto.py`): it generates one password per service
+(`services.json` beside the two files, mode 0600, never printed) and every client it starts uses them.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import os
 import secrets
 import signal
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, cast
 
 from contract.topics import check_segment
 
 ITERATIONS = 101  # mosquitto_passwd's default in 2.0
 PASSWORD_FILE, ACL_FILE = "passwords", "acl"
-ServiceRole = Literal["ingest", "registry", "admin"]
+SERVICES_FILE = "services.json"
+ServiceRole = Literal["ingest", "registry", "alerts", "fleet", "admin"]
+# The stack's own service accounts and their roles. `fleet` publishes as any device: the simulator and the
+# benchmarks' load generators speak for thousands of devices through one connection each.
+STACK_SERVICES: dict[str, ServiceRole] = {"ingest": "ingest", "registry": "registry", "alerts": "alerts",
+                                          "simulator": "fleet", "bench": "fleet", "admin": "admin"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,14 +69,56 @@ def hash_password(password: str, salt: bytes | None = None, iterations: int = IT
 DEVICE_PATTERNS = ["pattern write tlm/v1/+/%u/#", "pattern write evt/v1/+/%u/#",
                    "pattern readwrite state/v1/%u",  # retained birth, and the last will the broker publishes
                    "pattern write cfg/v1/%u/reported", "pattern read cfg/v1/%u/desired",
-                   "pattern read cmd/v1/%u/#", "pattern write rsp/v1/%u/#"]
+                   "pattern read cmd/v1/%u/#", "pattern write rsp/v1/%u/#",
+                   "pattern read ack/v1/%u"]  # ingest's watermark, for this device alone
 
 
 SERVICE_ACL: dict[ServiceRole, list[str]] = {
-    "ingest": ["topic read tlm/v1/#", "topic read evt/v1/#", "topic read state/v1/#", "topic read cfg/v1/+/reported"],
+    "ingest": ["topic read tlm/v1/#", "topic read evt/v1/#", "topic read state/v1/#", "topic read cfg/v1/+/reported",
+               "topic write ack/v1/+"],  # the watermark: the one thing ingest writes
     "registry": ["topic write cfg/v1/+/desired", "topic write cmd/v1/#", "topic read rsp/v1/#"],
+    "alerts": ["topic write alr/v1/#"],
+    "fleet": ["topic write tlm/v1/#", "topic write evt/v1/#", "topic readwrite state/v1/#",
+              "topic write cfg/v1/+/reported", "topic read cfg/v1/+/desired", "topic read cmd/v1/#",
+              "topic write rsp/v1/#", "topic read ack/v1/+"],
     "admin": ["topic readwrite #", "topic read $SYS/#"],
 }
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceLogin:
+    """A stack service's own login: the password lives only in the stack folder (0600)."""
+    username: str
+    password: str
+    role: ServiceRole
+
+    def __repr__(self) -> str:  # never in a log or a traceback
+        return f"ServiceLogin({self.username!r}, role={self.role!r})"
+
+
+def ensure_services(root: Path) -> dict[str, ServiceLogin]:
+    """The stack's service logins, generated on first use and kept (clients keep working across restarts)."""
+    path = root / SERVICES_FILE
+    saved: dict[str, dict[str, str]] = json.loads(path.read_text()) if path.exists() else {}
+    changed = False
+    for name, role in STACK_SERVICES.items():
+        if name not in saved:
+            pw = new_password()
+            saved[name] = {"password": pw, "hash": hash_password(pw), "role": role}
+            changed = True
+    if changed:
+        root.mkdir(parents=True, exist_ok=True)
+        _write_private(path, json.dumps(saved, indent=2))
+    return {n: ServiceLogin(n, v["password"], cast(ServiceRole, v["role"])) for n, v in saved.items()}
+
+
+def service_grants(root: Path) -> list[ServiceGrant]:
+    """What the password and ACL files need of the stack's services (hashes only); empty without the file."""
+    path = root / SERVICES_FILE
+    if not path.exists():
+        return []
+    saved: dict[str, dict[str, str]] = json.loads(path.read_text())
+    return [ServiceGrant(n, v["hash"], cast(ServiceRole, v["role"])) for n, v in sorted(saved.items())]
 
 
 def render_passwords(devices: Iterable[DeviceGrant], services: Iterable[ServiceGrant]) -> str:

@@ -20,7 +20,7 @@ import paho.mqtt.client as mqtt
 import psycopg
 from db_compare import stored_counts, stored_points, total_rows
 from paho.mqtt.enums import CallbackAPIVersion
-from support import wait_until
+from support import wait_until, login
 
 from cloud.db.devices import register_devices
 from cloud.ingest.decode import Decoder
@@ -54,10 +54,10 @@ def test_the_decoder_dead_letters_every_hostile_payload_with_a_reason_and_never_
             assert d.points or d.config is not None, h.mutation
 
 
-def _publish_all(host: str, port: int, corpus: list[Hostile]) -> None:
+def _publish_all(stack: Stack, corpus: list[Hostile]) -> None:
     """QoS 1, waiting for every PUBACK: the broker holds each hostile message for ingest."""
     c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"hostile-{uuid.uuid4().hex[:8]}", protocol=mqtt.MQTTv5)
-    c.connect(host, port)
+    login(c, stack).connect(stack.mqtt_host, stack.mqtt_port)
     c.loop_start()
     try:
         infos = [c.publish(h.topic, h.payload, qos=1) for h in corpus]
@@ -92,13 +92,13 @@ def test_ingest_survives_hostile_payloads_on_every_device_topic_and_stores_every
     wait_until(lambda: "connected to mqtt" in proc.log(), what="ingest connected")
     time.sleep(0.5)  # its subscriptions confirmed: nothing published from here on is missed
     valid_ids = [d.device_id for d in fleet.devices]
-    with FleetPublisher(fleet, stack.mqtt_host, stack.mqtt_port) as pub:
+    with FleetPublisher(fleet, stack.mqtt_host, stack.mqtt_port, login=stack.credentials("simulator")) as pub:
         runner = SimRunner(fleet, pub, seed=6)
         rng = random.Random(7)
         chunks = [corpus[i::8] for i in range(8)]
         for i, chunk in enumerate(chunks):  # valid and hostile traffic interleaved
             runner.burst(now - 3_600_000 + i * 100_000, rounds=5)
-            _publish_all(stack.mqtt_host, stack.mqtt_port, chunk)
+            _publish_all(stack, chunk)
             time.sleep(rng.uniform(0, 0.2))
         assert pub.drain(60), "broker did not acknowledge the valid traffic"
     expected = pub.sent.points()
@@ -141,7 +141,7 @@ def test_ingest_survives_hostile_payloads_on_every_device_topic_and_stores_every
     kinds = collections.Counter(h.mutation for h in must_die)
     assert len(kinds) >= 20, kinds
     # Still taking traffic after all of it: a fresh valid message is stored.
-    with FleetPublisher(fleet, stack.mqtt_host, stack.mqtt_port) as pub2:
+    with FleetPublisher(fleet, stack.mqtt_host, stack.mqtt_port, login=stack.credentials("simulator")) as pub2:
         SimRunner(fleet, pub2, seed=8).burst(now - 60_000, rounds=1)
         assert pub2.drain(30)
         fresh = pub2.sent.points()

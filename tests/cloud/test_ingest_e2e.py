@@ -36,7 +36,7 @@ def test_database_holds_exactly_what_the_fleet_sent_and_duplicates_change_nothin
 ) -> None:
     fleet = _fleet(stack, gateways=12, cameras=3, interval_s=10, samples_per_message=3, fault_rate=0.02, seed=1)
     start = now_ms() - 3_600_000
-    with FleetPublisher(fleet, stack.mqtt_host, stack.mqtt_port) as pub:
+    with FleetPublisher(fleet, stack.mqtt_host, stack.mqtt_port, login=stack.credentials("simulator")) as pub:
         runner = SimRunner(fleet, pub, dup_ratio=1.0)  # every message is sent twice
         runner.burst(start, rounds=20)
         assert pub.drain(60), "broker did not acknowledge everything"
@@ -60,7 +60,7 @@ def test_each_kind_of_bad_payload_is_dead_lettered_with_a_reason_and_neighbours_
 ) -> None:
     fleet = _fleet(stack, gateways=6, cameras=0, interval_s=5, seed=2)
     start = now_ms() - 600_000
-    with FleetPublisher(fleet, stack.mqtt_host, stack.mqtt_port) as pub:
+    with FleetPublisher(fleet, stack.mqtt_host, stack.mqtt_port, login=stack.credentials("simulator")) as pub:
         runner = SimRunner(fleet, pub, bad_ratio=0.3, seed=3)
         runner.burst(start, rounds=40)
         assert pub.drain(60)
@@ -91,7 +91,7 @@ def test_birth_and_last_will_update_device_status(stack: Stack, ingest: IngestSe
         rows = db.execute("SELECT device_id, online FROM device_status WHERE device_id = ANY(%s)", (ids,)).fetchall()
         return dict(rows)
 
-    with FleetPublisher(fleet, stack.mqtt_host, stack.mqtt_port) as pub:
+    with FleetPublisher(fleet, stack.mqtt_host, stack.mqtt_port, login=stack.credentials("simulator")) as pub:
         wait_until(lambda: online() == dict.fromkeys(ids, True), what="both devices online (birth)")
         pub.cut_link(dev.device_id)  # no DISCONNECT: the broker publishes the last will
         wait_until(lambda: online().get(dev.device_id) is False, what="device offline after its last will")

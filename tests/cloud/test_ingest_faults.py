@@ -30,7 +30,7 @@ def _stream(stack: Stack, rounds: int, pace_s: float) -> tuple[Fleet, FleetPubli
                             samples_per_message=2, seed=11))
     with psycopg.connect(stack.dsn) as conn:
         register_devices(conn, fleet.registrations())
-    pub = FleetPublisher(fleet, stack.mqtt_host, stack.mqtt_port).__enter__()
+    pub = FleetPublisher(fleet, stack.mqtt_host, stack.mqtt_port, login=stack.credentials("simulator")).__enter__()
     # MQTT drops what is published before a subscription exists: start streaming only once ingest
     # has processed the fleet's births, which come on the same SUBSCRIBE as telemetry.
     with psycopg.connect(stack.dsn) as conn:
@@ -139,7 +139,7 @@ def test_a_device_first_heard_while_the_database_is_down_is_stored_once_it_is_ba
     start = now_ms() - 600_000
     stack.stop_postgres()
     try:
-        with FleetPublisher(fleet, stack.mqtt_host, stack.mqtt_port) as pub:
+        with FleetPublisher(fleet, stack.mqtt_host, stack.mqtt_port, login=stack.credentials("simulator")) as pub:
             runner = SimRunner(fleet, pub)
             for r in range(5):
                 for i in range(len(fleet.devices)):
@@ -171,7 +171,7 @@ def test_ingest_holds_no_more_than_its_in_flight_bound_while_the_database_is_awa
     most, paused = 0, False
     start = now_ms() - 48 * 3_600_000  # 600 rounds of 20 samples 10 s apart: 33 hours, all in the past
     try:
-        with FleetPublisher(fleet, stack.mqtt_host, stack.mqtt_port) as pub:
+        with FleetPublisher(fleet, stack.mqtt_host, stack.mqtt_port, login=stack.credentials("simulator")) as pub:
             wait_until(lambda: svc.stats.messages >= len(fleet.devices), what="births stored: subscribed")
             stack.stop_postgres()
             try:

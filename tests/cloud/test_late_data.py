@@ -56,7 +56,7 @@ def test_a_backlog_three_days_late_shows_in_both_aggregates_within_a_minute(
     if backend == "timescale":  # the aggregates are materialised up to an hour ago: the backlog lies far below
         _refresh(db, "telemetry_1m", "now() - interval '1 hour'")
         _refresh(db, "telemetry_1h", "date_trunc('hour', now()) - interval '1 hour'")
-    with FleetPublisher(fleet, stack.mqtt_host, stack.mqtt_port) as pub:
+    with FleetPublisher(fleet, stack.mqtt_host, stack.mqtt_port, login=stack.credentials("simulator")) as pub:
         SimRunner(fleet, pub).burst(now_ms() - 3 * DAY_MS, rounds=12)  # 2 hours of readings, three days old
         assert pub.drain(60)
     expected_points = len(pub.sent.points())

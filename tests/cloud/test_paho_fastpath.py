@@ -15,7 +15,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
-from support import wait_until
+from support import wait_until, login
 
 from cloud.ingest.paho_fastpath import FastPathClient
 from ioc.stack import Stack
@@ -46,6 +46,7 @@ class Subscriber:
         c.on_subscribe = lambda *_: self.subscribed.set()
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = 300
+        login(c, self.stack)
         c.connect(self.stack.mqtt_host, self.stack.mqtt_port, clean_start=False, properties=props)
         c.loop_start()
         assert self.subscribed.wait(10), "no SUBACK"
@@ -66,7 +67,7 @@ class Subscriber:
 @pytest.fixture
 def publisher(stack: Stack) -> Iterator[mqtt.Client]:
     p = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=unique("pub"), protocol=mqtt.MQTTv5)
-    p.connect(stack.mqtt_host, stack.mqtt_port)
+    login(p, stack).connect(stack.mqtt_host, stack.mqtt_port)
     p.loop_start()
     yield p
     p.disconnect()

@@ -13,7 +13,7 @@ import paho.mqtt.client as mqtt
 import psycopg
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
-from support import wait_until
+from support import wait_until, login
 
 from cloud.ingest.watermark import WatermarkTracker, add_seq, envelope_key
 from contract import topics
@@ -77,7 +77,7 @@ class _AckWatcher:
         self._lock = threading.Lock()
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
         self.client.on_message = self._on_message
-        self.client.connect(stack.mqtt_host, stack.mqtt_port)
+        login(self.client, stack).connect(stack.mqtt_host, stack.mqtt_port)
         self.client.subscribe(topics.watermark(device), qos=1)
         self.client.loop_start()
 
@@ -123,7 +123,7 @@ def test_the_watermark_names_exactly_the_committed_messages(
 
     watcher = _AckWatcher(stack, device, stored_seqs)
     pub = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
-    pub.connect(stack.mqtt_host, stack.mqtt_port)
+    login(pub, stack).connect(stack.mqtt_host, stack.mqtt_port)
     pub.loop_start()
     try:
         wait_until(lambda: all("connected to mqtt" in p.log() for p in procs), what="ingest processes connected")

@@ -80,7 +80,8 @@ class Broker:
 class Watcher:
     """A test-side MQTT 5 client that records every message on its filters (resubscribing on reconnect)."""
 
-    def __init__(self, host: str, port: int, persistent: bool = False) -> None:
+    def __init__(self, host: str, port: int, persistent: bool = False,
+                 login: tuple[str, str] | None = None) -> None:
         self.messages: list[mqtt.MQTTMessage] = []
         self._filters: list[str] = []
         self._lock = threading.Lock()
@@ -92,6 +93,8 @@ class Watcher:
         self.client.on_connect = self._on_connect
         self.client.on_subscribe = lambda *a: self._subscribed.set()
         self.client.reconnect_delay_set(0.05, 0.5)
+        if login is not None:  # the stack's broker: stack.credentials("admin")
+            self.client.username_pw_set(*login)
         props = None
         if persistent:  # keep subscriptions and queued QoS 1 messages while the watcher is away
             props = Properties(PacketTypes.CONNECT)
@@ -223,14 +226,16 @@ class RecordingSink:
 
 
 def device_config(
-    device_id: str, site: str, host: str, port: int, outbox_path: Path, **over: Any
+    device_id: str, site: str, host: str, port: int, outbox_path: Path,
+    login: tuple[str, str] | None = None, **over: Any
 ) -> dict[str, Any]:
     """A fast-sampling env-gateway config (pm25 every 100 ms, co2 every 500 ms, heartbeat 0.5 s)."""
     data: dict[str, Any] = {
         "device_id": device_id,
         "site": site,
         "profile": "env-gateway",
-        "broker": {"host": host, "port": port, "backoff_min_s": 0.05, "backoff_max_s": 0.5},
+        "broker": {"host": host, "port": port, "backoff_min_s": 0.05, "backoff_max_s": 0.5,
+                   **({"username": login[0], "password": login[1]} if login else {})},
         "outbox": {"path": str(outbox_path), "sync": "normal"},
         "sensors": [{"type": "simulated", "metrics": ["pm25", "co2"], "seed": 1}],
         "settings": {
@@ -253,6 +258,7 @@ class TcpGate:
 
     def __init__(self, host: str, port: int) -> None:
         self.upstream = (host, port)
+        self.login: tuple[str, str] | None = None  # what an agent behind the gate logs in with
         self.is_open = threading.Event()
         self.is_open.set()
         self._conns: list[socket.socket] = []

@@ -16,6 +16,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from support import mqtt_login
 from edge_helpers import AgentThread, RecordingSink, device_config, wait_for
 
 from cloud.ingest.service import IngestService
@@ -60,6 +61,7 @@ def make_ingest(stack: Any) -> Iterator[Callable[[], IngestService]]:
         svc = IngestService(IngestSettings(
             dsn=stack.dsn, mqtt_host=stack.mqtt_host, mqtt_port=stack.mqtt_port, instance=instance,
             batch_max_delay_s=0.05, session_expiry_s=600, stats_interval_s=1.0, maintenance_interval_s=2.0,
+            **mqtt_login(stack, "ingest"),
         ))
         svc.start()
         assert svc.wait_connected(30), "ingest could not connect"
@@ -75,7 +77,8 @@ def test_broker_sigkill_while_ingest_is_stopped_loses_no_sample(
     *, stack: Any, db: psycopg.Connection, device: str, tmp_path: Path, make_ingest: Any
 ) -> None:
     ingest = make_ingest()
-    cfg = device_config(device, SITE, stack.mqtt_host, stack.mqtt_port, tmp_path / "outbox.sqlite3")
+    cfg = device_config(device, SITE, stack.mqtt_host, stack.mqtt_port, tmp_path / "outbox.sqlite3",
+                        login=stack.credentials("simulator"))
     cfg["outbox"] = {**cfg["outbox"], "resend_after_s": 2.0}
     agent = Agent(DeviceConfig.model_validate(cfg))
     rec = RecordingSink(agent.sink)

@@ -60,6 +60,7 @@ def _health(db: psycopg.Connection, device_id: str, metric: str) -> list[float]:
 @pytest.fixture
 def gate(stack: Any) -> Iterator[TcpGate]:
     g = TcpGate(stack.mqtt_host, stack.mqtt_port)
+    g.login = stack.credentials("simulator")
     yield g
     g.stop()
 
@@ -88,7 +89,8 @@ def device(register_device: Callable[..., None]) -> str:
 def _config(stack: Any, dev: str, tmp_path: Path, **over: Any) -> dict[str, Any]:
     """`stack` is the real stack or a TcpGate in front of it (both have a loopback port)."""
     port = stack.port if isinstance(stack, TcpGate) else stack.mqtt_port
-    return device_config(dev, SITE, "127.0.0.1", port, tmp_path / "outbox.sqlite3", **over)
+    login = stack.login if isinstance(stack, TcpGate) else stack.credentials("simulator")
+    return device_config(dev, SITE, "127.0.0.1", port, tmp_path / "outbox.sqlite3", login=login, **over)
 
 
 @pytest.fixture
@@ -226,7 +228,7 @@ def test_remote_config_and_commands(
     *, stack: Any, ingest: Any, db: psycopg.Connection, device: str, tmp_path: Path, agent_factory: Any
 ) -> None:
     agent, _, _ = agent_factory(_config(stack, device, tmp_path))
-    w = Watcher(stack.mqtt_host, stack.mqtt_port)
+    w = Watcher(stack.mqtt_host, stack.mqtt_port, login=stack.credentials("admin"))
     try:
         wait_for(lambda: agent.session.connected, what="agent connected")
         status = wait_for(  # telemetry committed first makes a row with only last_seen: wait for the birth

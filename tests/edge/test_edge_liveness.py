@@ -35,7 +35,8 @@ def device(register_device: Callable[..., None]) -> str:
 
 @pytest.fixture
 def agent_proc(stack: Any, device: str, tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
-    cfg = device_config(device, SITE, stack.mqtt_host, stack.mqtt_port, tmp_path / "outbox.sqlite3")
+    cfg = device_config(device, SITE, stack.mqtt_host, stack.mqtt_port, tmp_path / "outbox.sqlite3",
+                        login=stack.credentials("simulator"))
     cfg["broker"]["keepalive_s"] = 120  # the broker would publish the will of a stopped agent after 180 s
     path = tmp_path / "device.yaml"
     path.write_text(yaml.safe_dump(cfg))

@@ -17,6 +17,7 @@ import paho.mqtt.publish as single
 import psycopg
 import yaml
 from paho.mqtt.enums import CallbackAPIVersion
+from support import login
 
 from cloud.db.migrate import current_backend
 from contract import topics
@@ -116,7 +117,7 @@ class AlarmWatcher:
         self.client.on_connect = lambda c, *_: (c.subscribe(f"alr/v1/{site}/#", qos=1), self._ready.set())
         self.client.on_message = lambda _c, _u, m: self.messages.append(
             (m.topic, json.loads(m.payload), bool(m.retain)))
-        self.client.connect(stack.mqtt_host, stack.mqtt_port)
+        login(self.client, stack).connect(stack.mqtt_host, stack.mqtt_port)
         self.client.loop_start()
         assert self._ready.wait(10)
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import psycopg
 import pytest
 from alerts_support import AlarmWatcher, Repeater, Sender, WebhookReceiver, pm25_rule, write_rules
-from support import wait_until
+from support import wait_until, mqtt_env, mqtt_login
 from typer.testing import CliRunner
 
 from cloud.alerts.service import AlertService
@@ -61,7 +61,7 @@ def _settings(stack: Stack, rules: Path, **over: object) -> AlertSettings:
                                "rules_dir": rules, "instance": f"test-alerts-{uuid.uuid4().hex[:6]}",
                                "interval_s": 0.3, "standby_poll_s": 0.3, "webhook_secret": SECRET,
                                "webhook_backoff_s": 0.1, "webhook_attempts": 2,
-                               "lock_id": 0x7E57_0000 + os.getpid() % 10_000}
+                               "lock_id": 0x7E57_0000 + os.getpid() % 10_000, **mqtt_login(stack, "alerts")}
     return AlertSettings(**{**base, **over})  # type: ignore[arg-type]
 
 
@@ -170,7 +170,7 @@ def test_a_silent_device_raises_an_offline_alarm_and_clears_when_heard_again(
 def _spawn(stack: Stack, rules: Path, instance: str, log: Path, lock_id: int) -> subprocess.Popen[bytes]:
     env = {**os.environ, "IOC_DSN": stack.dsn, "IOC_MQTT_HOST": stack.mqtt_host,
            "IOC_MQTT_PORT": str(stack.mqtt_port), "IOC_ALERTS_INTERVAL_S": "0.3", "IOC_ALERTS_LOCK_ID": str(lock_id),
-           "IOC_ALERTS_STANDBY_POLL_S": "0.3", "COLUMNS": "200"}
+           "IOC_ALERTS_STANDBY_POLL_S": "0.3", "COLUMNS": "200", **mqtt_env(stack, "alerts")}
     with log.open("ab") as f:
         return subprocess.Popen([sys.executable, "-m", "ioc", "alerts", "run", "--rules", str(rules),
                                  "--instance", instance], env=env, stdout=f, stderr=subprocess.STDOUT)

@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator
 import httpx
 import pytest
 from api_helpers import RunningApi, serve
+from support import mqtt_login
 
 from cloud.api.settings import ApiSettings
 from ioc.stack import Stack
@@ -18,7 +19,9 @@ def api(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runn
     token_file = tmp_path_factory.mktemp("api") / "api-admin-token"
     settings = ApiSettings(dsn=stack.dsn, mqtt_host=stack.mqtt_host, mqtt_port=stack.mqtt_port,
                            admin_token_file=token_file, client_id=f"registry-test-{uuid.uuid4().hex[:6]}",
-                           sweep_interval_s=0.2)
+                           sweep_interval_s=0.2, **mqtt_login(stack, "registry"),
+                           broker_auth_dir=stack.mosquitto.auth_dir if stack.broker_auth else None,
+                           broker_pid_file=stack.mosquitto.pid_file)
     server, url = serve(settings)
     yield RunningApi(url, token_file.read_text().strip(), token_file)
     server.stop()

@@ -22,7 +22,7 @@ import psycopg
 import pytest
 from api_helpers import free_port, serve
 from paho.mqtt.enums import CallbackAPIVersion
-from support import wait_until
+from support import wait_until, mqtt_login
 
 from cloud.api.settings import ApiSettings
 from cloud.ingest.service import IngestService
@@ -74,7 +74,7 @@ def test_registry_issues_rotates_and_revokes_broker_credentials(
                (f"ingest-{port}", ba.hash_password(ingest_pw)))
     settings = ApiSettings(dsn=stack.dsn, mqtt_host=stack.mqtt_host, mqtt_port=stack.mqtt_port,
                            client_id=f"registry-auth-{uuid.uuid4().hex[:6]}", broker_auth_dir=auth,
-                           broker_pid_file=pid_file)
+                           broker_pid_file=pid_file, **mqtt_login(stack, "registry"))
     server, url = serve(settings)
     token = as_role("technician").headers["Authorization"]
     ingest = IngestService(IngestSettings(

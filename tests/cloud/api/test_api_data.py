@@ -13,7 +13,7 @@ import paho.mqtt.client as mqtt
 import psycopg
 from api_helpers import new_device
 from paho.mqtt.enums import CallbackAPIVersion
-from support import wait_until
+from support import wait_until, login
 
 from cloud.ingest.service import IngestService
 from ioc.stack import Stack
@@ -21,7 +21,7 @@ from ioc.stack import Stack
 
 def _publish(stack: Stack, topic: str, body: dict) -> None:
     c = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
-    c.connect(stack.mqtt_host, stack.mqtt_port)
+    login(c, stack).connect(stack.mqtt_host, stack.mqtt_port)
     c.loop_start()
     c.publish(topic, json.dumps(body), qos=1).wait_for_publish(10)
     c.loop_stop()

@@ -12,7 +12,7 @@ import paho.mqtt.client as mqtt
 import psycopg
 from api_helpers import new_device
 from paho.mqtt.enums import CallbackAPIVersion
-from support import wait_until
+from support import wait_until, login
 
 from cloud.ingest.service import IngestService
 from ioc.stack import Stack
@@ -95,7 +95,7 @@ def test_live_status_comes_from_what_ingest_stores(as_role: Callable[[str], http
     d = new_device(tech)
     device_id = d["device_id"]
     c = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
-    c.connect(stack.mqtt_host, stack.mqtt_port)
+    login(c, stack).connect(stack.mqtt_host, stack.mqtt_port)
     c.loop_start()
     now = int(time.time() * 1000)
     c.publish(f"state/v1/{device_id}", json.dumps({"v": 1, "device_id": device_id, "status": "online",

@@ -14,7 +14,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from api_helpers import new_device
 from paho.mqtt.enums import CallbackAPIVersion
-from support import wait_until
+from support import wait_until, login
 
 from cloud.ingest.service import IngestService
 from edge.agent import Agent
@@ -97,7 +97,7 @@ def test_device_refusal_shows_as_rejected(agent: tuple[str, RunningAgent], stack
     r = tech.put(f"/devices/{device_id}/config/desired", json={"settings": {"heartbeat_s": 0.5}})
     version = r.json()["desired"]["version"]
     c = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
-    c.connect(stack.mqtt_host, stack.mqtt_port)
+    login(c, stack).connect(stack.mqtt_host, stack.mqtt_port)
     c.loop_start()
     bad = {"version": version, "settings": {"metrics": {"pm25": {"low": -50}}}}
     c.publish(f"cfg/v1/{device_id}/desired", json.dumps(bad), qos=1, retain=True).wait_for_publish(10)
@@ -143,7 +143,7 @@ def test_unanswered_command_times_out(stack: Stack, ingest: IngestService,
     tech = as_role("technician")
     device_id = new_device(tech)["device_id"]
     mute = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
-    mute.connect(stack.mqtt_host, stack.mqtt_port)
+    login(mute, stack).connect(stack.mqtt_host, stack.mqtt_port)
     mute.loop_start()
     got: list[str] = []
     mute.on_message = lambda c, u, m: got.append(m.topic)

@@ -213,7 +213,7 @@ def test_camera_box_end_to_end(
         )
     )
     agent, source = build_box(config, max_seconds=24)
-    runner, w = AgentThread(agent), Watcher(stack.mqtt_host, stack.mqtt_port)
+    runner, w = AgentThread(agent), Watcher(stack.mqtt_host, stack.mqtt_port, login=stack.credentials("admin"))
     try:
         wait_for(lambda: agent.session.connected and source.pipeline.last_frame is not None, what="frames")
         w.subscribe(w.reply_topic)
