@@ -160,7 +160,7 @@ def ingest(dsn: Dsn = None, mqtt_host: MqttHost = None, mqtt_port: MqttPort = No
             console.print(ingest_table(read_status(conn)))
         return
     ep = resolve(dsn, mqtt_host, mqtt_port, directory, service="ingest")
-    settings = IngestSettings(dsn=ep.dsn, mqtt_host=ep.mqtt_host, mqtt_port=ep.mqtt_port, **ep.login())
+    settings = IngestSettings(dsn=ep.dsn, mqtt_host=ep.mqtt_host, mqtt_port=ep.mqtt_port, **ep.login())  # type: ignore[arg-type]
     if instance:
         settings.instance = instance
     svc = IngestService(settings)

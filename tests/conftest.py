@@ -19,7 +19,6 @@ from pathlib import Path
 
 import psycopg
 import pytest
-
 from support import mqtt_env, mqtt_login
 
 from cloud.db.devices import register_devices

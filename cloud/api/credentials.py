@@ -3,8 +3,9 @@ retire; after each change the password and ACL files are rendered from the datab
 them (SIGHUP: no restart, and a revoked device's open connection is dropped).
 
 Off unless `ApiSettings.broker_auth_dir` is set (`ioc api` sets it for the local stack, whose broker
-requires a login); the stack's service logins in that folder are kept in every render. Rotation replaces the password at once: with the username pinned to the device id there is one
-password per device, so a grace period for the old one is not possible on Mosquitto 2.0's password file.
+requires a login); the stack's service logins in that folder are kept in every render. Rotation replaces
+the password at once: with the username pinned to the device id there is one password per device, so a
+grace period for the old one is not possible on Mosquitto 2.0's password file.
 """
 
 from __future__ import annotations
@@ -54,7 +55,8 @@ class BrokerAuth:
             services = [ba.ServiceGrant(u, h, cast(ba.ServiceRole, role)) for u, d, role, h in rows if role != "device"]
             # The stack's own services (ingest, the registry itself, ...) live in its folder, not the database.
             taken = {g.username for g in services} | {g.username for g in devices}
-            services += [g for g in await asyncio.to_thread(ba.service_grants, self.auth_dir) if g.username not in taken]
+            stack_services = await asyncio.to_thread(ba.service_grants, self.auth_dir)
+            services += [g for g in stack_services if g.username not in taken]
             await asyncio.to_thread(ba.install, self.auth_dir, devices, services)
             pid = self._broker_pid()
             if pid is not None:

@@ -20,7 +20,7 @@ import paho.mqtt.client as mqtt
 import psycopg
 from db_compare import stored_counts, stored_points, total_rows
 from paho.mqtt.enums import CallbackAPIVersion
-from support import wait_until, login
+from support import login, wait_until
 
 from cloud.db.devices import register_devices
 from cloud.ingest.decode import Decoder

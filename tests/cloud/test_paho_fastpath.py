@@ -15,7 +15,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
-from support import wait_until, login
+from support import login, wait_until
 
 from cloud.ingest.paho_fastpath import FastPathClient
 from ioc.stack import Stack

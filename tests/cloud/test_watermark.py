@@ -13,7 +13,7 @@ import paho.mqtt.client as mqtt
 import psycopg
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
-from support import wait_until, login
+from support import login, wait_until
 
 from cloud.ingest.watermark import WatermarkTracker, add_seq, envelope_key
 from contract import topics

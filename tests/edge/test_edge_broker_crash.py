@@ -16,8 +16,8 @@ from typing import Any
 
 import psycopg
 import pytest
-from support import mqtt_login
 from edge_helpers import AgentThread, RecordingSink, device_config, wait_for
+from support import mqtt_login
 
 from cloud.ingest.service import IngestService
 from cloud.ingest.settings import IngestSettings

@@ -16,7 +16,7 @@ from pathlib import Path
 import psycopg
 import pytest
 from alerts_support import AlarmWatcher, Repeater, Sender, WebhookReceiver, pm25_rule, write_rules
-from support import wait_until, mqtt_env, mqtt_login
+from support import mqtt_env, mqtt_login, wait_until
 from typer.testing import CliRunner
 
 from cloud.alerts.service import AlertService

@@ -22,7 +22,7 @@ import psycopg
 import pytest
 from api_helpers import free_port, serve
 from paho.mqtt.enums import CallbackAPIVersion
-from support import wait_until, mqtt_login
+from support import mqtt_login, wait_until
 
 from cloud.api.settings import ApiSettings
 from cloud.ingest.service import IngestService

@@ -13,7 +13,7 @@ import paho.mqtt.client as mqtt
 import psycopg
 from api_helpers import new_device
 from paho.mqtt.enums import CallbackAPIVersion
-from support import wait_until, login
+from support import login, wait_until
 
 from cloud.ingest.service import IngestService
 from ioc.stack import Stack

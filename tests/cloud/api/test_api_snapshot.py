@@ -8,7 +8,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from api_helpers import new_device
+from api_helpers import device_broker, new_device
 from support import wait_until
 
 from cloud.ingest.service import IngestService
@@ -37,7 +37,7 @@ def test_snapshot_from_a_camera_box_is_served_as_jpeg(stack: Stack, ingest: Inge
         "intervals": IntervalConfig(counts_s=10, metrics_s=10, health_s=2)})
     config = CameraBoxConfig.model_validate({
         "device_id": device_id, "site": "camera-api", "profile": "traffic-camera",
-        "broker": {"host": stack.mqtt_host, "port": stack.mqtt_port, "backoff_min_s": 0.05, "backoff_max_s": 0.5},
+        "broker": device_broker(stack.mqtt_host, stack.mqtt_port, device_id),
         "outbox": {"path": str(tmp_path / "ob.sqlite3"), "sync": "normal"}, "settings": {"heartbeat_s": 1},
         "camera": camera})
     agent, source = build_box(config, max_seconds=120)

@@ -12,9 +12,9 @@ from pathlib import Path
 import httpx
 import paho.mqtt.client as mqtt
 import pytest
-from api_helpers import new_device
+from api_helpers import device_broker, new_device
 from paho.mqtt.enums import CallbackAPIVersion
-from support import wait_until, login
+from support import login, wait_until
 
 from cloud.ingest.service import IngestService
 from edge.agent import Agent
@@ -39,7 +39,7 @@ def agent(stack: Stack, tmp_path: Path, as_role: Callable[[str], httpx.Client],
     d = new_device(as_role("technician"))
     config = DeviceConfig.model_validate({
         "device_id": d["device_id"], "site": d["site"], "profile": "env-gateway",
-        "broker": {"host": stack.mqtt_host, "port": stack.mqtt_port, "backoff_min_s": 0.05, "backoff_max_s": 0.5},
+        "broker": device_broker(stack.mqtt_host, stack.mqtt_port, d["device_id"]),
         "outbox": {"path": str(tmp_path / "outbox.sqlite3"), "sync": "normal"},
         "sensors": [{"type": "simulated", "metrics": ["pm25", "co2"], "seed": 1}],
         "settings": {"heartbeat_s": 0.5, "metrics": {"pm25": {"interval_s": 0.2}}}})
