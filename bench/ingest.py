@@ -53,20 +53,26 @@ METRICS = ("pm25", "pm10", "co2", "noise", "temperature")  # 5 points a message,
 SITE = "bench"
 
 
+def _login(stack: Stack, service: str) -> dict[str, str]:
+    creds = stack.credentials(service)
+    return {"mqtt_username": creds[0], "mqtt_password": creds[1]} if creds else {}
+
+
 # -- load generator ------------------------------------------------------------------------------
 GENERATORS = {"raw": publisher, "paho": paho_publisher}
 
 
 def run_load(port: int, devices: list[str], messages: int, publishers: int, window: int,
-             rate: float, generator: str) -> tuple[float, Sequence[BaseProcess]]:
-    """Starts the publisher processes; returns when they may begin and the processes."""
+             rate: float, generator: str, login: tuple[str, str] | None = None) -> tuple[float, Sequence[BaseProcess]]:
+    """Starts the publisher processes; returns when they may begin and the processes. login: the stack's
+    `bench` account (the broker lets nobody in anonymously); one account speaks for every simulated device."""
     ctx = mp.get_context("spawn")
     groups = [devices[i::publishers] for i in range(publishers)]
     per_proc = messages // publishers
     readies = [ctx.Event() for _ in groups]
     go = ctx.Event()
-    procs = [ctx.Process(target=GENERATORS[generator], args=(port, g, per_proc, window, r, go, rate / publishers),
-                         daemon=True)
+    procs = [ctx.Process(target=GENERATORS[generator],
+                         args=(port, g, per_proc, window, r, go, rate / publishers, login), daemon=True)
              for g, r in zip(groups, readies, strict=True)]
     for p in procs:
         p.start()
@@ -139,7 +145,7 @@ def run_ours(name: str, stack: Stack, devices: list[str], messages: int, publish
         log.add(len(batch), [committed - d.sent_at for d in batch if d.sent_at])
 
     svc = IngestService(IngestSettings(dsn=stack.dsn, mqtt_host=stack.mqtt_host, mqtt_port=stack.mqtt_port,
-                                       instance="bench-ingest", stats_interval_s=2.0,
+                                       instance="bench-ingest", stats_interval_s=2.0, **_login(stack, "ingest"),
                                        batch_max_messages=batch, receive_maximum=receive_max,
                                        watermark=watermark),
                         on_commit=hook)
@@ -161,6 +167,8 @@ class NaiveSubscriber:
                         clean_session=False)
         c.on_message = self.on_message
         c.on_connect = lambda cl, *_: cl.subscribe(topics.TELEMETRY_FILTER, 1)
+        if (login := stack.credentials("ingest")) is not None:
+            c.username_pw_set(*login)
         c.connect(stack.mqtt_host, stack.mqtt_port)
         self.client = c
 
@@ -191,7 +199,8 @@ def run_naive(stack: Stack, devices: list[str], messages: int, publishers: int, 
 def _measure(name: str, stack: Stack, devices: list[str], messages: int, publishers: int, window: int,
              rate: float, generator: str, log: CommitLog) -> dict:
     """Offer the load, wait until the subscriber committed all of it, and collect the figures."""
-    start, procs = run_load(stack.mqtt_port, devices, messages, publishers, window, rate, generator)
+    start, procs = run_load(stack.mqtt_port, devices, messages, publishers, window, rate, generator,
+                            stack.credentials("bench"))
     cpu = CpuMeter(stack)
     per_device = messages // publishers // (len(devices) // publishers)
     total = per_device * len(devices)
@@ -226,11 +235,14 @@ def _drain(name: str, stack: Stack, devices: list[str], messages: int, rate: flo
 
     svc = IngestService(IngestSettings(dsn=stack.dsn, mqtt_host=stack.mqtt_host, mqtt_port=stack.mqtt_port,
                                        instance=f"bench-{name}", stats_interval_s=2.0, batch_max_messages=batch,
+                                       **_login(stack, "ingest"),
                                        receive_maximum=receive_max), on_commit=hook)
     svc.start()
     assert svc.wait_connected(10)
     stop = threading.Event()
     poisoner = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"bench-poison-{name}", protocol=mqtt.MQTTv311)
+    if (login := stack.credentials("bench")) is not None:
+        poisoner.username_pw_set(*login)
     poisoner.connect(stack.mqtt_host, stack.mqtt_port)
     poisoner.loop_start()
     sent = [0]

@@ -85,9 +85,13 @@ def _string(s: str) -> bytes:
     return _PID.pack(len(b)) + b
 
 
-def connect_packet(client_id: str, keepalive: int = KEEPALIVE) -> bytes:
-    """CONNECT, MQTT 3.1.1, clean session, no will, no credentials."""
-    body = _string("MQTT") + bytes([4, 0x02]) + _PID.pack(keepalive) + _string(client_id)
+def connect_packet(client_id: str, keepalive: int = KEEPALIVE, login: tuple[str, str] | None = None) -> bytes:
+    """CONNECT, MQTT 3.1.1, clean session, no will; with login, the username and password flags (0xC0)
+    and both strings after the client id (MQTT 3.1.1, 3.1.2.8-9 and 3.1.3)."""
+    flags = 0x02 | (0xC0 if login else 0)
+    body = _string("MQTT") + bytes([4, flags]) + _PID.pack(keepalive) + _string(client_id)
+    if login:
+        body += _string(login[0]) + _string(login[1])
     return b"\x10" + _varint(len(body)) + body
 
 
@@ -162,7 +166,8 @@ class _Conn:
         raise MqttError(f"{self.dev}: inconsistent PUBACK stream")  # unreachable unless the table is wrong
 
 
-def _open(port: int, devices: Sequence[str]) -> tuple[list[_Conn], selectors.DefaultSelector]:
+def _open(port: int, devices: Sequence[str],
+          login: tuple[str, str] | None = None) -> tuple[list[_Conn], selectors.DefaultSelector]:
     """Connect every device (CONNECTs pipelined, then CONNACKs read), clean session, keepalive 60."""
     conns: list[_Conn] = []
     sel = selectors.DefaultSelector()
@@ -171,7 +176,7 @@ def _open(port: int, devices: Sequence[str]) -> tuple[list[_Conn], selectors.Def
             sock = socket.create_connection(("127.0.0.1", port), timeout=10)
             conns.append(_Conn(sock, dev))
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # we batch; Nagle would only add delay
-            sock.sendall(connect_packet(f"pub-{dev}"))
+            sock.sendall(connect_packet(f"pub-{dev}", login=login))
         for c in conns:
             kind, length, _flags, rc = _recv_exact(c.sock, 4)
             if kind != 0x20 or length != 2:
@@ -217,7 +222,7 @@ def _wait(sel: selectors.DefaultSelector, conns: Sequence[_Conn], until_below: i
 
 # -- load generator ------------------------------------------------------------------------------
 def publisher(port: int, devices: Sequence[str], count: int, window: int, ready: MpEvent,
-              go: MpEvent, rate: float) -> None:
+              go: MpEvent, rate: float, login: tuple[str, str] | None = None) -> None:
     """One process, one MQTT connection per device, QoS 1, at most `window` unacknowledged messages.
 
     Same load as `paho_publisher` (messages, topics, payloads, pacing), at a fraction of its
@@ -226,7 +231,7 @@ def publisher(port: int, devices: Sequence[str], count: int, window: int, ready:
     in the kernel for window/2 rounds, then read and checked in bulk."""
     if not 1 <= window <= _MAX_ID:
         raise ValueError(f"window must be 1..{_MAX_ID} (packet ids must stay unique), got {window}")
-    conns, sel = _open(port, devices)
+    conns, sel = _open(port, devices, login)
     try:
         ready.set()
         go.wait()
@@ -279,7 +284,7 @@ def publisher(port: int, devices: Sequence[str], count: int, window: int, ready:
 
 # -- the baseline: the same load through paho-mqtt ----------------------------------------------
 def paho_publisher(port: int, devices: Sequence[str], count: int, window: int, ready: MpEvent,
-              go: MpEvent, rate: float) -> None:
+              go: MpEvent, rate: float, login: tuple[str, str] | None = None) -> None:
     """The same load through paho-mqtt: the baseline `publisher` is measured against.
 
     paho's network loop is driven from this thread (no loop_start): a publish goes straight to the
@@ -288,6 +293,8 @@ def paho_publisher(port: int, devices: Sequence[str], count: int, window: int, r
     for dev in devices:
         c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"pub-{dev}", protocol=mqtt.MQTTv311)
         c.max_inflight_messages_set(window)
+        if login:
+            c.username_pw_set(*login)
         c.connect("127.0.0.1", port)
         clients.append(c)
     ready.set()
