@@ -44,3 +44,9 @@ def login(client: mqtt.Client, stack: Stack, service: str = "admin") -> mqtt.Cli
     if creds:
         client.username_pw_set(*creds)
     return client
+
+
+def paho_auth(stack: Stack, service: str = "simulator") -> dict[str, str] | None:
+    """`auth=` for paho.mqtt.publish.single/multiple."""
+    creds = stack.credentials(service)
+    return {"username": creds[0], "password": creds[1]} if creds else None

@@ -8,7 +8,7 @@ import uuid
 import paho.mqtt.publish as single
 import psycopg
 from db_compare import stored_counts, stored_points, total_rows
-from support import wait_until
+from support import paho_auth, wait_until
 
 from cloud.db.devices import register_devices
 from cloud.ingest.service import IngestService
@@ -102,9 +102,11 @@ def test_birth_and_last_will_update_device_status(stack: Stack, ingest: IngestSe
         stale_will = json.loads(fleet.status(dev, online=False))
         stale_will["ts"] -= 60_000
         for payload in (newer_birth, json.dumps(stale_will).encode()):
-            single.single(topics.state(dev.device_id), payload, qos=1, hostname=stack.mqtt_host, port=stack.mqtt_port)
+            single.single(topics.state(dev.device_id), payload, qos=1, hostname=stack.mqtt_host, port=stack.mqtt_port,
+                          auth=paho_auth(stack))
         marker = fleet.status(other, online=True)
-        single.single(topics.state(other.device_id), marker, qos=1, hostname=stack.mqtt_host, port=stack.mqtt_port)
+        single.single(topics.state(other.device_id), marker, qos=1, hostname=stack.mqtt_host, port=stack.mqtt_port,
+                      auth=paho_auth(stack))
         wait_until(lambda: db.execute("SELECT status_ts FROM device_status WHERE device_id = %s",
                                       (other.device_id,)).fetchone() == (ms_to_datetime(json.loads(marker)["ts"]),),
                    what="marker status processed")

@@ -17,7 +17,7 @@ import paho.mqtt.publish as single
 import psycopg
 import yaml
 from paho.mqtt.enums import CallbackAPIVersion
-from support import login
+from support import login, paho_auth
 
 from cloud.db.migrate import current_backend
 from contract import topics
@@ -38,7 +38,7 @@ class Sender:
                                samples=[MetricSample(ts=now_ms(), values=values)])
         self.seq += 1
         single.single(topics.telemetry(self.site, self.device_id, "env"), msg.model_dump_json(), qos=1,
-                      hostname=self.stack.mqtt_host, port=self.stack.mqtt_port)
+                      hostname=self.stack.mqtt_host, port=self.stack.mqtt_port, auth=paho_auth(self.stack))
 
 
 class Repeater:
