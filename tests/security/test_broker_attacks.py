@@ -119,7 +119,8 @@ def test_a_device_is_held_to_its_own_topics(stack: Stack, tech: httpx.Client, in
         time.sleep(1.0)  # anything the broker let through would have arrived by now
         assert _rows(db, b_id) == [(7.0,)]  # a's forgery never reached the database
         assert _dead(db, b_id) == []
-        assert db.execute("SELECT count(*) FROM device_config_reported WHERE device_id = %s", (b_id,)).fetchone() == (0,)
+        reported = db.execute("SELECT count(*) FROM device_config_reported WHERE device_id = %s", (b_id,)).fetchone()
+        assert reported == (0,)
         assert [t for t, _ in b.got if not t.startswith("ack/")] == []  # no forged config or command reached b
         assert [t for t, _ in a.got if b_id in t] == []  # '#' and b's watermark brought a nothing of b's
     finally:
