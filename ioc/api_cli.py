@@ -51,7 +51,8 @@ def serve(ctx: typer.Context,
     settings = ApiSettings(dsn=ep.dsn, mqtt_host=ep.mqtt_host, mqtt_port=ep.mqtt_port, admin_token_file=path,
                            mqtt_username=ep.mqtt_username, mqtt_password=ep.mqtt_password,
                            broker_auth_dir=ep.stack.mosquitto.auth_dir if local and ep.stack else None,
-                           broker_pid_file=ep.stack.mosquitto.pid_file if local and ep.stack else None)
+                           broker_pid_file=ep.stack.mosquitto.pid_file if local and ep.stack else None,
+                           broker_ca_dir=ep.stack.mosquitto.tls_dir if local and ep.stack else None)
     console.print(f"registry API on http://{host}:{port} (docs at /docs); admin token file: {path or '-'}")
     # Keep-alive longer than uvicorn's 5 s: clients (the CLI, dashboards) pause between calls, and a server
     # closing an idle connection just as a client reuses it loses that request.

@@ -23,7 +23,7 @@ from cloud.api.auth import ensure_admin_token
 from cloud.api.broker import Broker
 from cloud.api.credentials import BrokerAuth
 from cloud.api.models import ERRORS
-from cloud.api.routes import admin, config, data, devices
+from cloud.api.routes import admin, certificates, config, data, devices
 from cloud.api.routes import commands as command_routes
 from cloud.api.settings import ApiSettings
 
@@ -57,7 +57,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
             await ensure_admin_token(conn, settings.admin_token_file)
         broker = Broker(settings, partial(commands.handle_reply, pool))
         app.state.pool, app.state.broker = pool, broker
-        app.state.broker_auth = None
+        app.state.broker_auth, app.state.broker_ca_dir = None, settings.broker_ca_dir
         if settings.broker_auth_dir is not None:
             app.state.broker_auth = BrokerAuth(settings.broker_auth_dir, settings.broker_pid_file)
             await app.state.broker_auth.apply(pool)
@@ -76,7 +76,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
             await pool.close()
 
     app = FastAPI(title="IOC registry API", version="1", description=DESCRIPTION, lifespan=lifespan)
-    for r in (devices.router, config.router, command_routes.router, data.router, admin.router):
+    for r in (devices.router, config.router, command_routes.router, data.router, admin.router, certificates.router):
         app.include_router(r, responses=ERRORS)
 
     @app.get("/health", tags=["health"])

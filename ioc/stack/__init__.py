@@ -73,6 +73,9 @@ class Stack:
             binary=find_mosquitto(os.environ.get("IOC_MOSQUITTO_BIN")),
             auth=bool(state.get("broker_auth", os.environ.get("IOC_BROKER_AUTH", "1") != "0")),
         )
+        if mosq.auth:  # devices' TLS ports (password, and mutual TLS): only with logins required
+            mosq.tls_port = int(state.get("mqtt_tls_port") or free_port())
+            mosq.mtls_port = int(state.get("mqtt_mtls_port") or free_port())
         pg = Postgres(
             root=root / "postgres",
             port=pg_port or state.get("pg_port") or free_port(),
@@ -100,7 +103,8 @@ class Stack:
     def save(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         state = {"mqtt_port": self.mqtt_port, "pg_port": self.postgres.port, "pg_password": self.postgres.password,
-                 "backend": self.backend, "broker_auth": self.mosquitto.auth}
+                 "backend": self.backend, "broker_auth": self.mosquitto.auth,
+                 "mqtt_tls_port": self.mosquitto.tls_port, "mqtt_mtls_port": self.mosquitto.mtls_port}
         self.state_file.write_text(json.dumps(state, indent=2))
         self.state_file.chmod(0o600)
 
