@@ -48,11 +48,13 @@ def serve(ctx: typer.Context,
     ep = resolve(dsn, mqtt_host, mqtt_port, directory, service="registry")
     path = token_file or admin_token_path(directory)
     local = ep.stack is not None and ep.stack.broker_auth  # the local broker: issue device logins into it
+    # Elsewhere (docker-compose.yml) IOC_API_BROKER_AUTH_DIR / _PID_FILE / _CA_DIR say where the broker is.
+    broker: dict[str, object] = ({"broker_auth_dir": ep.stack.mosquitto.auth_dir,
+                                  "broker_pid_file": ep.stack.mosquitto.pid_file,
+                                  "broker_ca_dir": ep.stack.mosquitto.tls_dir} if local and ep.stack else {})
     settings = ApiSettings(dsn=ep.dsn, mqtt_host=ep.mqtt_host, mqtt_port=ep.mqtt_port, admin_token_file=path,
                            mqtt_username=ep.mqtt_username, mqtt_password=ep.mqtt_password,
-                           broker_auth_dir=ep.stack.mosquitto.auth_dir if local and ep.stack else None,
-                           broker_pid_file=ep.stack.mosquitto.pid_file if local and ep.stack else None,
-                           broker_ca_dir=ep.stack.mosquitto.tls_dir if local and ep.stack else None)
+                           **broker)  # type: ignore[arg-type]
     console.print(f"registry API on http://{host}:{port} (docs at /docs); admin token file: {path or '-'}")
     # Keep-alive longer than uvicorn's 5 s: clients (the CLI, dashboards) pause between calls, and a server
     # closing an idle connection just as a client reuses it loses that request.

@@ -100,6 +100,20 @@ def stack_up(directory: StackDir = None, mqtt_port: Annotated[int | None, typer.
     console.print(f"DSN: {stack.dsn}")
 
 
+@stack_app.command("broker-logins")
+def broker_logins(directory: Annotated[Path, typer.Option("--dir", help="the broker's auth folder")]) -> None:
+    """For a broker outside the local stack (docker-compose.yml): hash the services' passwords from
+    IOC_BROKER_PASSWORD_INGEST/_REGISTRY/_ALERTS/_SIMULATOR/_ADMIN into its password and ACL files."""
+    import os
+
+    from ioc.stack import broker_auth as ba
+
+    names = ba.install_service_logins(directory, {n: os.environ.get(v, "") for n, v in ba.PASSWORD_ENV.items()})
+    if not names:
+        raise _fail("no IOC_BROKER_PASSWORD_* variable set: nobody could log in")
+    console.print(f"broker logins for {', '.join(names)} in {directory}")
+
+
 @stack_app.command("down")
 def stack_down(directory: StackDir = None) -> None:
     """Stop both servers; data stays under the stack folder."""

@@ -205,3 +205,45 @@ def test_the_image_carries_the_sample_rules() -> None:
     assert re.search(r'^"cloud\.alerts" = \["rules/\*\.yaml"\]$', pyproject, re.M)
     assert AlertSettings.model_fields["rules_dir"].default == REPO / "cloud" / "alerts" / "rules"
     assert list((REPO / "cloud" / "alerts" / "rules").glob("*.yaml"))
+
+
+BROKER_CLIENTS = {"ingest": "ingest", "alerts-1": "alerts", "alerts-2": "alerts", "sim": "simulator",
+                  "api": "registry"}
+
+
+def test_broker_lets_nobody_in_anonymously_and_the_registry_can_reload_it() -> None:
+    """As the local stack (ioc/stack/mosquitto.py): logins required, files the registry rewrites, SIGHUP."""
+    from ioc.stack import broker_auth as ba
+
+    lines = (REPO / "deploy/mosquitto/mosquitto.conf").read_text().splitlines()
+    conf = dict(line.split(None, 1) for line in lines if line.strip() and not line.startswith("#"))
+    assert conf["allow_anonymous"] == "false"
+    auth_dir = conf["password_file"].rsplit("/", 1)[0]
+    assert conf["password_file"] == f"{auth_dir}/{ba.PASSWORD_FILE}"
+    assert conf["acl_file"] == f"{auth_dir}/{ba.ACL_FILE}"
+    broker_mounts = dict(v.split(":")[:2][::-1] for v in SERVICES["mosquitto"]["volumes"])
+    volume = broker_mounts[auth_dir]
+    api_mounts = {v.split(":")[0]: v.split(":")[1] for v in SERVICES["api"]["volumes"]}
+    api_env = env_of("api")
+    assert api_mounts[volume] == api_env["IOC_API_BROKER_AUTH_DIR"]
+    assert conf["pid_file"] == f"{auth_dir}/mosquitto.pid"
+    assert api_env["IOC_API_BROKER_PID_FILE"] == f"{api_env['IOC_API_BROKER_AUTH_DIR']}/mosquitto.pid"
+    assert SERVICES["api"]["pid"] == "service:mosquitto"  # SIGHUP reaches the broker's process
+    logins = SERVICES["broker-logins"]
+    parse_cli(logins["command"])
+    assert {v.split(":")[0] for v in logins["volumes"]} == {volume}
+    assert logins["user"] == SERVICES["api"]["user"]  # files 0600: the API rewrites what broker-logins wrote
+    assert SERVICES["mosquitto"]["depends_on"]["broker-logins"]["condition"] == "service_completed_successfully"
+
+
+@pytest.mark.parametrize("service", sorted(BROKER_CLIENTS))
+def test_every_broker_client_logs_in_with_its_own_service_password(service: str) -> None:
+    from ioc.stack import broker_auth as ba
+
+    env = env_of(service)
+    user = env["IOC_MQTT_USERNAME"]
+    assert user == BROKER_CLIENTS[service]
+    assert user in ba.STACK_SERVICES
+    password_var = ba.PASSWORD_ENV[user]
+    assert env["IOC_MQTT_PASSWORD"].startswith("${" + password_var + ":-")
+    assert env_of("broker-logins")[password_var] == env["IOC_MQTT_PASSWORD"]  # the hash is of this password

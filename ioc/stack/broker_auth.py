@@ -112,6 +112,27 @@ def ensure_services(root: Path) -> dict[str, ServiceLogin]:
     return {n: ServiceLogin(n, v["password"], cast(ServiceRole, v["role"])) for n, v in saved.items()}
 
 
+# Where a deployment (docker-compose.yml) gives each service's password; `ioc stack broker-logins` hashes them.
+PASSWORD_ENV = {"ingest": "IOC_BROKER_PASSWORD_INGEST", "registry": "IOC_BROKER_PASSWORD_REGISTRY",
+                "alerts": "IOC_BROKER_PASSWORD_ALERTS", "simulator": "IOC_BROKER_PASSWORD_SIMULATOR",
+                "admin": "IOC_BROKER_PASSWORD_ADMIN"}
+
+
+def install_service_logins(root: Path, passwords: dict[str, str]) -> list[str]:
+    """For a broker the stack does not run: services.json with hashes only (no password kept), and the
+    password and ACL files when there are none yet (the registry adds devices later). Returns the names."""
+    unknown = set(passwords) - set(STACK_SERVICES)
+    if unknown:
+        raise ValueError(f"unknown service login(s) {sorted(unknown)}: choose from {sorted(STACK_SERVICES)}")
+    saved = {n: {"hash": hash_password(pw), "role": STACK_SERVICES[n]} for n, pw in passwords.items() if pw}
+    root.mkdir(parents=True, exist_ok=True)
+    _write_private(root / SERVICES_FILE, json.dumps(saved, indent=2))
+    grants = service_grants(root)
+    if not (root / PASSWORD_FILE).exists():
+        install(root, [], grants)
+    return sorted(saved)
+
+
 def service_grants(root: Path) -> list[ServiceGrant]:
     """What the password and ACL files need of the stack's services (hashes only); empty without the file."""
     path = root / SERVICES_FILE
