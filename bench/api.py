@@ -126,7 +126,7 @@ class CpuMeter:
     def mark(self) -> tuple[float, float, dict[str, float]]:
         return time.perf_counter(), self._machine_busy(), self._proc_cpu()
 
-    def since(self, mark: tuple[float, float, dict[str, float]], generator_cpu_s: float) -> str:
+    def since(self, mark: tuple[float, float, dict[str, float]], generator_cpu_s: float, requests: int) -> str:
         t0, busy0, procs0 = mark
         wall = time.perf_counter() - t0
         now = self._proc_cpu()
@@ -134,7 +134,10 @@ class CpuMeter:
         used["generator"] = generator_cpu_s
         others = (self._machine_busy() - busy0) - sum(used.values())
         parts = [f"{k} {v / wall * 100:.0f}%" for k, v in used.items()]
-        return "  cpu (% of one core): " + ", ".join(parts) + f", rest of machine {max(0.0, others) / wall * 100:.0f}%"
+        per_req = f"; a request cost the API {used['api'] / requests * 1000:.2f} ms of CPU, PostgreSQL " \
+            f"{used['postgres'] / requests * 1000:.2f} ms"
+        return ("  cpu (% of one core): " + ", ".join(parts) + f", rest of machine {max(0.0, others) / wall * 100:.0f}%"
+                + per_req)
 
 
 async def phase(title: str, url: str, headers: dict[str, str], dsn: str, ids: list[str], n: int, conc: int,
@@ -168,7 +171,7 @@ async def phase(title: str, url: str, headers: dict[str, str], dsn: str, ids: li
             if name.startswith("get-device") else ""
         err = f"  {r.errors} errors, first: {r.first_error}" if r.errors else ""
         print(f"  {name:<34} p50 {r.pct_ms(.5):7.1f} ms  p99 {r.pct_ms(.99):7.1f} ms  {r.rps:6.0f} req/s{ratio}{err}")
-        print(meter.since(m, r.cpu_s))
+        print(meter.since(m, r.cpu_s, len(r.latencies_s)))
 
 
 async def timed_calls(make: Callable[[int], Awaitable[object]], n: int, conc: int) -> http_load.LoadResult:
@@ -271,7 +274,8 @@ def main() -> None:
         seed.join(30)
         pg_pid = stack.postgres.pid()
         meter = CpuMeter({"api": [psutil.Process(procs[1].pid)], "postgres": [psutil.Process(pg_pid)] if pg_pid else [],
-                          "ingest": [psutil.Process(procs[0].pid)]})
+                          "ingest": [psutil.Process(procs[0].pid)]}
+                         | ({"broker": [psutil.Process(mq_pid)]} if (mq_pid := stack.mosquitto.pid()) else {}))
         print(f"{os.cpu_count()} cores; load average before: {os.getloadavg()[0]:.1f}")
         uvloop.run(phase(f"phase 1, no telemetry arriving, concurrency {args.concurrency}:", url, headers,
                          stack.dsn, ids, args.requests, args.concurrency, args.rate, meter))
