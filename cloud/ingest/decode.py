@@ -60,7 +60,7 @@ class Decoded:
     device_id: str | None = None
     telemetry: list[str] = field(default_factory=list)  # COPY lines: ts, device, metric, value
     counts: list[str] = field(default_factory=list)  # COPY lines: ts, device, line, cls, dir, interval, n, boot
-    minutes: set[int] = field(default_factory=set)  # epoch minutes holding telemetry: rollups to refresh
+    minutes: set[int] = field(default_factory=set)  # epoch minutes holding readings or counts: rollups to refresh
     events: list[tuple[int, str, str, str, str]] = field(default_factory=list)
     status: StatusMessage | None = None
     config: tuple[int | None, str, int | None] | None = None  # reported config: version, json, device ts (ms)
@@ -253,6 +253,7 @@ class Decoder:
             if why:
                 rejected.append(why)
                 continue
+            out.minutes.add(c.ts // 60_000)  # the hourly counts rollup recomputes its hours from these
             out.counts.append(f"{copy_timestamp(c.ts)}\t{msg.device_id}\t{copy_text(c.line)}\t{c.cls}\t{c.direction}"
                               f"\t{c.interval_s}\t{c.count}\t{boot}\n")
         self._finish(out, msg, rejected, max(c.ts for c in msg.counts))

@@ -123,7 +123,7 @@ def _conflict_letters(batch: Sequence[Decoded], rows: list[tuple]) -> list[DeadL
 
 
 def _minutes(batch: Sequence[Decoded]) -> list[int]:
-    """The batch's telemetry minutes, sorted: every writer locks rollup_dirty rows in one order."""
+    """The minutes the batch's readings and counts fall in, sorted: writers lock rollup_dirty rows in one order."""
     return sorted(set().union(*(d.minutes for d in batch)))
 
 
