@@ -62,6 +62,7 @@ class Decoded:
     telemetry: list[str] = field(default_factory=list)  # COPY lines: ts, device, metric, value
     counts: list[str] = field(default_factory=list)  # COPY lines: ts, device, line, cls, dir, interval, n, boot
     minutes: set[int] = field(default_factory=set)  # epoch minutes holding readings or counts: rollups to refresh
+    key: tuple[str, int] | None = None  # the envelope's (boot_id, seq): what the watermark acknowledges
     events: list[tuple[int, str, str, str, str]] = field(default_factory=list)
     status: StatusMessage | None = None
     config: tuple[int | None, str, int | None] | None = None  # reported config: version, json, device ts (ms)
@@ -283,6 +284,7 @@ class Decoder:
 
     def _finish(self, out: Decoded, msg: Envelope, rejected: list[str], newest: int) -> None:
         out.sent_at = msg.sent_at
+        out.key = (msg.boot_id, msg.seq)
         out.newest_ts = newest
         if rejected:
             shown = "; ".join(rejected[:5]) + (f" (+{len(rejected) - 5} more)" if len(rejected) > 5 else "")
