@@ -44,6 +44,18 @@ NORMAL = {"pm25": 20.0, "pm10": 40.0, "co2": 450.0, "noise": 60.0, "temperature"
 PROBE_VALUE = 9000.0  # co2, far above any background reading
 
 
+def _login(client: mqtt.Client, stack: Stack, service: str) -> mqtt.Client:
+    """The broker lets nobody in anonymously: log in with one of the stack's service accounts."""
+    if (creds := stack.credentials(service)) is not None:
+        client.username_pw_set(*creds)
+    return client
+
+
+def _login_env(stack: Stack, service: str) -> dict[str, str]:
+    creds = stack.credentials(service)
+    return {"IOC_MQTT_USERNAME": creds[0], "IOC_MQTT_PASSWORD": creds[1]} if creds else {}
+
+
 def rules(n: int) -> list[dict]:
     """n rules over every env-gateway: rule 0 is the probe rule (co2 > 5000), the rest thresholds on the other
     metrics at levels the background never reaches, plus a few silent-device rules."""
@@ -70,7 +82,8 @@ class Background(threading.Thread):
         self.stack, self.site_of, self.rate = stack, site_of, rate
         self.stop = threading.Event()
         self.sent = 0
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"bench-bg-{uuid.uuid4().hex[:6]}")
+        self.client = _login(mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"bench-bg-{uuid.uuid4().hex[:6]}"),
+                             stack, "bench")
         self.client.connect(stack.mqtt_host, stack.mqtt_port)
         self.client.loop_start()
 
@@ -99,7 +112,7 @@ class Watcher:
                                   protocol=mqtt.MQTTv5)
         self.client.on_connect = lambda c, *_: c.subscribe("alr/v1/#", qos=1)
         self.client.on_message = self._on
-        self.client.connect(stack.mqtt_host, stack.mqtt_port)
+        _login(self.client, stack, "admin").connect(stack.mqtt_host, stack.mqtt_port)
         self.client.loop_start()
 
     def _on(self, _c: object, _u: object, m: mqtt.MQTTMessage) -> None:
@@ -112,7 +125,8 @@ def probe(stack: Stack, dsn: str, watcher: Watcher, dev: str, site: str, timeout
     """(commit → MQTT, publish → MQTT) seconds for one reading over the probe rule's threshold."""
     msg = TelemetryMessage(device_id=dev, boot_id=uuid.uuid4().hex, seq=0,
                            samples=[MetricSample(ts=now_ms(), values={"co2": PROBE_VALUE})])
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"bench-p-{uuid.uuid4().hex[:6]}")
+    client = _login(mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"bench-p-{uuid.uuid4().hex[:6]}"), stack,
+                    "bench")
     client.connect(stack.mqtt_host, stack.mqtt_port)
     client.loop_start()
     sent = time.time()
@@ -189,9 +203,11 @@ def main() -> None:
     logs = {n: (root / f"{n}.log").open("ab") for n in ("ingest", "alerts")}
     procs = {
         "ingest": subprocess.Popen([sys.executable, "-m", "ioc", "ingest", "--instance", "bench-ingest"],
-                                   env=env, stdout=logs["ingest"], stderr=subprocess.STDOUT),
+                                   env=env | _login_env(stack, "ingest"), stdout=logs["ingest"],
+                                   stderr=subprocess.STDOUT),
         "alerts": subprocess.Popen([sys.executable, "-m", "ioc", "alerts", "run", "--rules", str(rules_dir),
-                                    "--instance", "bench-alerts"], env=env, stdout=logs["alerts"],
+                                    "--instance", "bench-alerts"], env=env | _login_env(stack, "alerts"),
+                                   stdout=logs["alerts"],
                                    stderr=subprocess.STDOUT),
     }
     probes = devices[: args.probes]  # the background leaves these alone: their latest reading is the probe's
