@@ -60,7 +60,8 @@ def create_app(settings: ApiSettings) -> FastAPI:
         app.state.pool, app.state.broker = pool, broker
         app.state.broker_auth, app.state.broker_ca_dir = None, settings.broker_ca_dir
         if settings.broker_auth_dir is not None:
-            app.state.broker_auth = BrokerAuth(settings.broker_auth_dir, settings.broker_pid_file)
+            app.state.broker_auth = BrokerAuth(settings.broker_auth_dir, settings.broker_pid_file,
+                                               settings.broker_ca_dir)
             await app.state.broker_auth.apply(pool)
         tasks = [asyncio.create_task(broker.run(), name="registry-mqtt"),
                  asyncio.create_task(_sweep_forever(pool, settings.sweep_interval_s), name="command-sweeper")]

@@ -19,13 +19,15 @@ from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
 from ioc.stack import broker_auth as ba
+from ioc.stack import tls
 
 log = logging.getLogger(__name__)
 
 
 class BrokerAuth:
-    def __init__(self, auth_dir: Path, pid_file: Path | None) -> None:
-        self.auth_dir, self.pid_file = auth_dir, pid_file
+    def __init__(self, auth_dir: Path, pid_file: Path | None, ca_dir: Path | None = None) -> None:
+        """ca_dir: the CA that signs device certificates; its CRL is rendered with the password file."""
+        self.auth_dir, self.pid_file, self.ca_dir = auth_dir, pid_file, ca_dir
         self._lock = asyncio.Lock()
 
     async def issue(self, conn: AsyncConnection, device_ids: list[str]) -> dict[str, str]:
@@ -43,6 +45,8 @@ class BrokerAuth:
     async def revoke(self, conn: AsyncConnection, device_id: str) -> None:
         await conn.execute("UPDATE broker_credentials SET revoked_at = now() WHERE device_id = %s"
                            " AND revoked_at IS NULL", (device_id,))
+        await conn.execute("UPDATE device_certificates SET revoked_at = now() WHERE device_id = %s"
+                           " AND revoked_at IS NULL", (device_id,))
 
     async def apply(self, pool: AsyncConnectionPool) -> None:
         """Render both files from what is committed now and make the broker reload them. Serialised, so the
@@ -58,6 +62,11 @@ class BrokerAuth:
             stack_services = await asyncio.to_thread(ba.service_grants, self.auth_dir)
             services += [g for g in stack_services if g.username not in taken]
             await asyncio.to_thread(ba.install, self.auth_dir, devices, services)
+            if self.ca_dir is not None:
+                cur = await conn.execute("SELECT serial FROM device_certificates WHERE revoked_at IS NOT NULL"
+                                         " AND not_after > now() ORDER BY serial")
+                serials = [int(r[0]) for r in await cur.fetchall()]
+                await asyncio.to_thread(tls.render_crl, self.ca_dir, serials)
             pid = self._broker_pid()
             if pid is not None:
                 ba.reload(pid)

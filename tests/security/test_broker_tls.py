@@ -137,3 +137,10 @@ def test_edge_agent_over_mutual_tls_with_a_signed_csr(stack: Stack, tech: httpx.
     run_agent(_config(other_id, site, stack.mosquitto.mtls_port, tmp_path, tls_cfg))
     wait_until(lambda: _count(db, device_id) >= 10, what="more of the real device's telemetry")
     assert _count(db, other_id) == 0
+
+    # Retired: its certificate goes on the broker's CRL; the next handshake with it fails.
+    with_cert = ssl.create_default_context(cafile=str(tmp_path / "ca.crt"))
+    with_cert.load_cert_chain(str(tmp_path / "box.crt"), str(key_file))
+    assert _connack(stack.mosquitto.mtls_port, with_cert)
+    assert tech.delete(f"/devices/{device_id}").status_code == 200
+    wait_until(lambda: not _connack(stack.mosquitto.mtls_port, with_cert), what="the retired certificate refused")

@@ -45,5 +45,9 @@ async def sign_certificate(conn: Conn, who: Technician, request: Request, device
             cert = await asyncio.to_thread(tls.sign_device_csr, ca_dir, body.csr, device_id, body.days)
         except tls.CsrError as e:
             raise HTTPException(422, str(e)) from None
-        await audit.record(conn, who, "certificate.sign", device_id, None, {"cn": device_id, "days": body.days})
+        serial, not_after = tls.certificate_serial(cert)  # retiring the device puts it on the broker's CRL
+        await conn.execute("INSERT INTO device_certificates (serial, device_id, not_after) VALUES (%s, %s, %s)",
+                           (serial, device_id, not_after))
+        await audit.record(conn, who, "certificate.sign", device_id, None,
+                           {"cn": device_id, "days": body.days, "serial": str(serial)})
     return CertificateIssued(device_id=device_id, certificate=cert, ca=(ca_dir / tls.CA_CERT).read_text())
