@@ -155,3 +155,46 @@ def test_revocation_applies_on_reload_without_restart(broker: tuple[int, Path, s
     assert os.path.exists(auth / ba.ACL_FILE)
     kept.close()
     ingest.close()
+
+
+def test_broker_logins_for_a_deployment_hash_the_given_passwords(tmp_path: Path) -> None:
+    """`ioc stack broker-logins` (docker-compose's one-shot): the services' passwords from the environment,
+    hashes only on disk, and a real broker lets each service in with its own password and nobody else."""
+    from typer.testing import CliRunner
+
+    from ioc.cli import app
+
+    auth = tmp_path / "auth"
+    env = {ba.PASSWORD_ENV["ingest"]: "ingest-secret", ba.PASSWORD_ENV["registry"]: "registry-secret"}
+    result = CliRunner().invoke(app, ["stack", "broker-logins", "--dir", str(auth)], env=env)
+    assert result.exit_code == 0, result.output
+    assert "ingest-secret" not in result.output
+    for name in (ba.SERVICES_FILE, ba.PASSWORD_FILE, ba.ACL_FILE):
+        assert stat.S_IMODE((auth / name).stat().st_mode) == 0o600
+        assert "secret" not in (auth / name).read_text()  # hashes only
+    empty = CliRunner().invoke(app, ["stack", "broker-logins", "--dir", str(tmp_path / "none")],
+                               env=dict.fromkeys(ba.PASSWORD_ENV.values(), ""))
+    assert empty.exit_code != 0
+    assert "IOC_BROKER_PASSWORD" in empty.output
+
+    port = _free_port()
+    conf = tmp_path / "mosquitto.conf"
+    conf.write_text(f"user {pwd.getpwuid(os.geteuid()).pw_name}\npersistence false\nper_listener_settings false\n"
+                    f"listener {port} 127.0.0.1\n" + ba.config_lines(auth))
+    proc = subprocess.Popen([MOSQUITTO, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        def listening() -> bool:
+            with socket.socket() as s:
+                return s.connect_ex(("127.0.0.1", port)) == 0
+
+        wait_until(listening, what="mosquitto listening")
+        ok = [Client(port, "ingest", "ingest-secret"), Client(port, "registry", "registry-secret")]
+        assert [c.accepted for c in ok] == [True, True]
+        assert not Client(port, "ingest", "registry-secret").accepted
+        assert not Client(port, "admin", "").accepted  # no password given for it: no login
+        assert not Client(port, None, None).accepted
+        for c in ok:
+            c.close()
+    finally:
+        proc.terminate()
+        proc.wait(10)
