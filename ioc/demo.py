@@ -56,7 +56,7 @@ def _start_camera_box(stack: Stack, stop: threading.Event, console: Console) -> 
     def run() -> None:
         try:
             run_camera_box(stack.mqtt_host, stack.mqtt_port, CAMERA_ID, CAMERA_SITE, stop, stack.root / "edge",
-                           counts_s=10)
+                           counts_s=10, login=stack.credentials("simulator"))
         except Exception as e:  # the demo goes on without it; the reason is shown
             log.error("camera box stopped: %s", e)
 

@@ -109,14 +109,16 @@ def demo_camera_config(counts_s: int = 60, health_s: int = 10) -> CameraConfig:
 
 
 def demo_box_config(
-    mqtt_host: str, mqtt_port: int, device_id: str, site: str, workdir: Path, counts_s: int = 60
+    mqtt_host: str, mqtt_port: int, device_id: str, site: str, workdir: Path, counts_s: int = 60,
+    login: tuple[str, str] | None = None,
 ) -> CameraBoxConfig:
     return CameraBoxConfig.model_validate(
         {
             "device_id": device_id,
             "site": site,
             "profile": PROFILE,
-            "broker": {"host": mqtt_host, "port": mqtt_port, "backoff_min_s": 0.2, "backoff_max_s": 5},
+            "broker": {"host": mqtt_host, "port": mqtt_port, "backoff_min_s": 0.2, "backoff_max_s": 5,
+                       **({"username": login[0], "password": login[1]} if login else {})},
             "outbox": {"path": workdir / f"{device_id}.outbox.sqlite3", "sync": "normal"},
             "settings": {"heartbeat_s": 10},
             "camera": demo_camera_config(counts_s),
@@ -133,11 +135,12 @@ def run_camera_box(
     workdir: Path,
     *,
     counts_s: int = 60,
+    login: tuple[str, str] | None = None,
 ) -> None:
     """Run one camera box on the street footage until `stop` is set (blocking; call from a thread).
 
     The device must be registered with profile `traffic-camera`. Its outbox lives in `workdir`.
     """
     workdir.mkdir(parents=True, exist_ok=True)
-    config = demo_box_config(mqtt_host, mqtt_port, device_id, site, workdir, counts_s)
+    config = demo_box_config(mqtt_host, mqtt_port, device_id, site, workdir, counts_s, login)
     serve_box(lambda: build_box(config)[0], stop)

@@ -119,12 +119,14 @@ class PingThief(EchoSource):
         return {"ping": lambda args: {}}
 
 
-def _device(tmp_path: Path, host: str, port: int, **over: Any) -> dict[str, Any]:
+def _device(tmp_path: Path, host: str, port: int, login: tuple[str, str] | None = None,
+            **over: Any) -> dict[str, Any]:
     return {
         "device_id": f"cam-{uuid.uuid4().hex[:8]}",
         "site": SITE,
         "profile": "traffic-camera",
-        "broker": {"host": host, "port": port, "backoff_min_s": 0.05, "backoff_max_s": 0.5},
+        "broker": {"host": host, "port": port, "backoff_min_s": 0.05, "backoff_max_s": 0.5,
+                   **({"username": login[0], "password": login[1]} if login else {})},
         "outbox": {"path": str(tmp_path / "ob.sqlite3"), "sync": "normal"},
         **over,
     }
@@ -207,6 +209,7 @@ def test_camera_box_end_to_end(
             tmp_path,
             stack.mqtt_host,
             stack.mqtt_port,
+            login=stack.credentials("simulator"),
             device_id=device_id,
             settings={"heartbeat_s": 1},
             camera=camera,
@@ -272,7 +275,8 @@ def test_run_camera_box_starts_reports_and_stops(
     register_device(device_id, SITE, "traffic-camera")
     stop = threading.Event()
     box = threading.Thread(
-        target=run_camera_box, args=(stack.mqtt_host, stack.mqtt_port, device_id, SITE, stop, tmp_path)
+        target=run_camera_box, args=(stack.mqtt_host, stack.mqtt_port, device_id, SITE, stop, tmp_path),
+        kwargs={"login": stack.credentials("simulator")},
     )
     box.start()
     try:
