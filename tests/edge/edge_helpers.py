@@ -126,13 +126,14 @@ class Watcher:
     def request(self, topic: str, payload: dict[str, Any], correlation: bytes) -> None:
         """Publish an MQTT 5 request with response topic + correlation data."""
         props = Properties(PacketTypes.PUBLISH)
-        props.ResponseTopic = f"reply/{self.client._client_id.decode()}"
+        props.ResponseTopic = self.reply_topic
         props.CorrelationData = correlation
         self.client.publish(topic, json.dumps(payload), qos=1, properties=props)
 
     @property
     def reply_topic(self) -> str:
-        return f"reply/{self.client._client_id.decode()}"
+        # Under rsp/v1/: the only replies the stack's broker lets a device (or the simulator login) write.
+        return f"rsp/v1/test/{self.client._client_id.decode()}"
 
     def close(self) -> None:
         self.client.loop_stop()
