@@ -24,6 +24,7 @@ from cloud.api.broker import Broker
 from cloud.api.credentials import BrokerAuth
 from cloud.api.models import ERRORS
 from cloud.api.routes import admin, config, data, devices
+from cloud.api.routes import alarms as alarm_routes
 from cloud.api.routes import commands as command_routes
 from cloud.api.settings import ApiSettings
 
@@ -78,6 +79,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
     app = FastAPI(title="IOC registry API", version="1", description=DESCRIPTION, lifespan=lifespan)
     for r in (devices.router, config.router, command_routes.router, data.router, admin.router):
         app.include_router(r, responses=ERRORS)
+    app.include_router(alarm_routes.router, responses=ERRORS)
 
     @app.get("/health", tags=["health"])
     async def health(request: Request) -> JSONResponse:
