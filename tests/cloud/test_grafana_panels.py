@@ -161,6 +161,9 @@ def seed(stack: Stack) -> Iterator[Seed]:
             cur.execute(_SEED["dead_letters"], (f"tlm/v1/{s.site}/{s.env}/env", s.env, reason, b"{x}"))
             cur.execute(_SEED["ingest_instances"], (s.instance,))
             cur.execute("UPDATE devices SET lat = 21.03, lon = 105.85 WHERE device_id = %s", (s.env,))
+            cur.execute("UPDATE devices SET firmware = '1.2.3' WHERE device_id = %s", (s.cam,))  # it reports 0.9.0
+            cur.execute("INSERT INTO broker_credentials (username, device_id, role, password_hash, created_at)"
+                        " VALUES (%s, %s, 'device', 'not-a-hash', now() - interval '100 days')", (s.env, s.env))
             cur.execute("INSERT INTO sites (site, name, lat, lon, noise_zone, water_warning_m, water_alarm_m,"
                         " water_danger_m) VALUES (%s, 'Seeded site', 21.02, 105.84, 'special', 2.0, 2.5, 3.0)",
                         (s.site,))
@@ -407,6 +410,18 @@ def _time_to_ack(r: Result, s: Seed) -> None:
     assert (median, p90, unacked) == (pytest.approx(60.0), pytest.approx(60.0), 0), r
 
 
+def _firmware(r: Result, s: Seed) -> None:
+    assert sorted(r.rows) == [("0.9.0", "traffic-camera", 1, 0, 1), ("1.2.3", "env-gateway", 1, 1, 0)], r
+
+
+def _credential_age(r: Result, s: Seed) -> None:
+    rows = [dict(zip(r.columns, row, strict=True)) for row in r.rows if row[1] == s.env]
+    assert [(c["kind"], c["device"], c["age (days)"], c["days to rotation"]) for c in rows] == [
+        ("broker", s.env, 100, -10)], r
+    assert r.rows[0][-1] <= -10, "the most overdue credentials come first"
+    assert "password_hash" not in r.columns
+
+
 def _class_totals(r: Result, s: Seed) -> None:
     assert dict(r.rows) == s.class_totals, r
 
@@ -455,6 +470,8 @@ EXPECT: dict[str, Check] = {
     "Fleet health / Ingest latency": _contains("instance", lambda s: s.instance),
     "Fleet health / Ingest instances": _contains("instance", lambda s: s.instance),
     "Fleet health / Device events": _contains("kind", lambda s: "door_open"),
+    "Fleet health / Firmware versions": _firmware,
+    "Fleet health / Credentials by age (rotation due after 90 days)": _credential_age,
 }
 
 
