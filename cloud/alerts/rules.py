@@ -79,14 +79,15 @@ class _Rule(BaseModel):
 
     def query(self) -> tuple[str, dict[str, Any]]:
         """SQL yielding (device_id, site, value, value_ts, cond, clr) for every selected device whose
-        condition holds, whose clear condition does not, or which is in %(tracked)s (pending or alarmed)."""
+        condition holds or which is in %(tracked)s (pending or alarmed): for any other device neither value
+        changes anything (a device in the hysteresis band that is not alarmed stays as it is)."""
         raise NotImplementedError
 
     def _wrap(self, body: str, params: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         sel, sel_params = self.select.sql()
         sql = (f"WITH sel AS (SELECT d.device_id, d.site FROM devices d WHERE {sel}), v AS ({body}) "
                "SELECT device_id, site, value, value_ts, cond, clr FROM v "
-               "WHERE cond OR NOT clr OR device_id = ANY(%(tracked)s)")
+               "WHERE cond OR device_id = ANY(%(tracked)s)")
         return sql, {**sel_params, **params}
 
 
@@ -198,7 +199,7 @@ class SilentRule(_Rule):
                f" {seen} AS value_ts, now() - {seen} > %(limit)s * interval '1 second' AS cond,"
                f" now() - {seen} <= %(heartbeat)s * interval '1 second' AS clr"
                f" FROM devices d LEFT JOIN device_status st ON st.device_id = d.device_id WHERE {sel}) v"
-               " WHERE cond OR NOT clr OR device_id = ANY(%(tracked)s)")
+               " WHERE cond OR device_id = ANY(%(tracked)s)")
         return sql, {**sel_params, "limit": self.heartbeats * self.heartbeat_s, "heartbeat": self.heartbeat_s}
 
 

@@ -115,8 +115,8 @@ def ingest_lag_s(conn: psycopg.Connection) -> float:
 
 def threshold_rows(rule: ThresholdRule, readings: Iterable[Reading], now: datetime,
                    tracked: set[str]) -> list[Row]:
-    """The rows the rule's SQL would return: selected devices whose reading is fresh and in condition, or not
-    yet past the clear level, or tracked."""
+    """The rows the rule's SQL would return: selected devices whose reading is fresh and either in condition
+    or tracked."""
     upward = rule.op in (">", ">=")
     clear_at = rule.value - rule.hysteresis if upward else rule.value + rule.hysteresis
     fresh = now - timedelta(seconds=rule.stale_s)
@@ -128,6 +128,6 @@ def threshold_rows(rule: ThresholdRule, readings: Iterable[Reading], now: dateti
         v = r.value
         cond = {">": v > rule.value, ">=": v >= rule.value, "<": v < rule.value, "<=": v <= rule.value}[rule.op]
         clr = v <= clear_at if upward else v >= clear_at
-        if cond or not clr or r.device_id in tracked:
+        if cond or r.device_id in tracked:
             out.append((r.device_id, r.site, v, r.ts, cond, clr))
     return out
