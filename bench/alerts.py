@@ -48,6 +48,7 @@ from ioc.stack import Stack  # noqa: E402
 
 NORMAL = {"pm25": 20.0, "pm10": 40.0, "co2": 450.0, "noise": 60.0, "temperature": 28.0, "humidity": 70.0,
           "water_level": 1.2}
+COMMITTED = "SELECT coalesce(sum(messages), 0)::float8 FROM ingest_instances"  # ingest's message counter
 PROBE_VALUE = 9000.0  # co2, far above any background reading
 
 
@@ -198,7 +199,7 @@ def main() -> None:
         pg_cpu0 = sum(sum(c.cpu_times()[:2]) for c in [pg, *pg.children()])
         ingest_cpu0 = sum(meter["ingest"].cpu_times()[:2])
         with psycopg.connect(stack.dsn, autocommit=True) as conn:
-            (msgs0,) = conn.execute("SELECT coalesce(sum(messages), 0)::float8 FROM ingest_instances").fetchone() or (0,)
+            (msgs0,) = conn.execute(COMMITTED).fetchone() or (0,)
         ev = psutil.Process(procs["alerts"].pid)
         cpu0, t0 = sum(ev.cpu_times()[:2]), time.time()
         commit_lat, publish_lat = [], []
@@ -219,7 +220,7 @@ def main() -> None:
         results["ingest_cpu_pct"] = 100 * (sum(meter["ingest"].cpu_times()[:2]) - ingest_cpu0) / wall
         results["pg_cpu_pct"] = 100 * (sum(sum(c.cpu_times()[:2]) for c in [pg, *pg.children()]) - pg_cpu0) / wall
         with psycopg.connect(stack.dsn, autocommit=True) as conn:
-            (msgs1,) = conn.execute("SELECT coalesce(sum(messages), 0)::float8 FROM ingest_instances").fetchone() or (0,)
+            (msgs1,) = conn.execute(COMMITTED).fetchone() or (0,)
         results["committed_rate"] = (msgs1 - msgs0) / wall
         with psycopg.connect(stack.dsn, autocommit=True) as conn:
             (cycle_ms,) = conn.execute("SELECT cycle_ms FROM alert_evaluators WHERE instance = 'bench-alerts'"
