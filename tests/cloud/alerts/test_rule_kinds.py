@@ -6,14 +6,18 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import psycopg
 import pytest
+import yaml
 from alerts_support import refresh_aggregates
+from typer.testing import CliRunner
 
 from cloud.alerts.evaluator import Evaluator
 from cloud.alerts.rules import RuleFile
 from cloud.db.devices import register_devices
+from ioc.cli import app
 from ioc.stack import Stack
 
 
@@ -144,3 +148,18 @@ def test_threshold_rules_read_incrementally_see_only_the_latest_reading_and_clea
     assert not ev.thresholds.last_full
     assert _alarmed(conn, high.name) == set()
     assert _alarmed(conn, dry.name) == set()
+
+
+def test_alerts_test_db_shows_the_devices_each_rule_matches_now(
+        stack: Stack, conn: psycopg.Connection, tmp_path: Path) -> None:
+    site, (hot, cool) = _devices(conn, 2)
+    now = datetime.now(UTC)
+    _tlm(conn, [(now, hot, "pm25", 80.0), (now, cool, "pm25", 20.0)])
+    rule = {"name": f"k-{uuid.uuid4().hex[:6]}", "kind": "threshold", "severity": "major", "metric": "pm25",
+            "op": ">", "value": 50, "select": {"sites": [site]}}
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump({"rules": [rule]}))
+    res = CliRunner().invoke(app, ["alerts", "test", "--rules", str(tmp_path), "--db", "--dsn", stack.dsn],
+                             env={"COLUMNS": "250"})
+    assert res.exit_code == 0, res.output
+    assert f"1: {hot}" in res.output
+    assert cool not in res.output
