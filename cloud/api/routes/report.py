@@ -44,7 +44,10 @@ async def report(pool: Pool, who: Viewer,
                  title: Annotated[str, Query(max_length=200)] = "City IOC report") -> HTMLResponse:
     """VN_AQI per site with bands, traffic volumes, active alarms, fleet health and a map of devices."""
     end = _utc(to) if to else datetime.now(UTC)
-    start = _utc(frm) if frm else end - timedelta(hours=24)
+    try:
+        start = _utc(frm) if frm else end - timedelta(hours=24)
+    except OverflowError:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "`to` is too early for a report") from None
     if start >= end:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "`from` must be before `to`")
     if end - start > MAX_SPAN:

@@ -63,6 +63,8 @@ def test_list_filters_and_pages(as_role: Callable[[str], httpx.Client], stack: S
     assert viewer.get("/alarms", params={"cursor": "not-ours"}).status_code == 400
     assert viewer.get("/alarms", params={"severity": "apocalyptic"}).status_code == 422
     assert viewer.get("/alarms/999999999").status_code == 404
+    assert viewer.get("/alarms", params={"site": "nul\x00byte"}).status_code == 422  # a clear refusal, not a 500
+    assert viewer.get("/alarms/99999999999999999999999").status_code == 404
 
 
 def test_ack_and_clear_round_trip_audited_and_seen_by_the_cli(

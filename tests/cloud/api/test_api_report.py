@@ -50,3 +50,4 @@ def test_report_refuses_bad_ranges(as_role: Callable[[str], httpx.Client]) -> No
     assert r.status_code == 422
     assert "31 days" in r.json()["detail"]
     assert viewer.get("/report", params={"from": "yesterday"}).status_code == 422
+    assert viewer.get("/report", params={"to": "0001-01-01T00:00:00Z"}).status_code == 422  # no day before it
