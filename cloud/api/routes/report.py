@@ -10,6 +10,7 @@ import threading
 from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
+import matplotlib.pyplot  # noqa: F401  # loaded with the app, not by the first /report (seconds on a busy host)
 import psycopg
 from fastapi import APIRouter, HTTPException, Query, status
 from fastapi.responses import HTMLResponse
