@@ -209,7 +209,7 @@ def snapshot_cmd(
 @models_app.command("prepare")
 def models_prepare(
     model: Annotated[str, typer.Option(help="registered model id")] = OnnxModelConfig().id,
-    input_size: Annotated[int, typer.Option(help="square detector input, multiple of 32")] = 320,
+    input_size: Annotated[int, typer.Option(help="square detector input, multiple of 32")] = 416,
     force: Annotated[bool, typer.Option(help="convert again even if cached")] = False,
 ) -> None:
     """Verify the source weights' checksums and convert them to ONNX in models/cache."""
