@@ -320,11 +320,13 @@ def main() -> None:
     ap.add_argument("--poison-case", action="store_true",
                     help="only the CR-poisoned case: --messages at --rate (use e.g. --rate 2500), clean vs one "
                          "poisoned message a second, drain-time ratio")
+    ap.add_argument("--backend", choices=["auto", "timescale", "postgres"], default="auto",
+                    help="database backend of the private stack (auto: TimescaleDB where installed)")
     args = ap.parse_args()
 
     root = Path(tempfile.mkdtemp(prefix="bench-", dir=REPO / ".ioc"))
-    stack = Stack.load(root)
-    print(f"stack under {root}: starting Mosquitto and PostgreSQL …", flush=True)
+    stack = Stack.load(root, backend=args.backend)
+    print(f"stack under {root} ({stack.backend}): starting Mosquitto and PostgreSQL …", flush=True)
     stack.up()
     migrate(stack.dsn)
     fleets = {run: [f"{run}-{i:03d}" for i in range(args.devices)] for run in ("paced", "max", "naive")}

@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from contract.messages import CommandReply, EpochMs
+from contract.messages import CommandReply, DeviceId, EpochMs, SchemaVersion
 from contract.profiles import DeviceProfile
 
 __all__ = ["CommandReply"]  # re-exported: callers import the twin's models from one place
@@ -94,16 +94,16 @@ class DesiredConfig(BaseModel):
 
 
 class ReportedConfig(BaseModel):
-    """Retained on cfg/v1/{device_id}/reported."""
+    """Retained on cfg/v1/{device_id}/reported; ingest validates it strictly (`strict=True`)."""
 
-    v: Literal[1] = 1
-    device_id: str
-    boot_id: str
+    v: SchemaVersion = 1
+    device_id: DeviceId
+    boot_id: str = Field(min_length=1, max_length=64)
     ts: EpochMs
     status: Literal["applied", "rejected", "override"]
-    version: int = Field(description="the version the device runs now")
-    desired_version: int | None = Field(default=None, description="the version that was offered")
-    error: str | None = None
+    version: int = Field(ge=0, lt=2**31, description="the version the device runs now")
+    desired_version: int | None = Field(default=None, ge=0, lt=2**31, description="the version that was offered")
+    error: str | None = Field(default=None, max_length=4096)
     settings: Settings
 
 

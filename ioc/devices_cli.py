@@ -57,12 +57,15 @@ def call(c: httpx.Client, method: str, path: str, **kw: Any) -> Any:
     except httpx.HTTPError as exc:
         raise _fail(f"registry API at {c.base_url} unreachable: {exc}") from None
     if r.status_code >= 400:
-        try:
-            detail = r.json().get("detail", r.text)
-        except ValueError:
-            detail = r.text
-        raise _fail(f"{r.status_code}: {detail}")
+        raise _fail(f"{r.status_code}: {_detail(r)}")
     return r.json() if r.headers.get("content-type", "").startswith("application/json") else r.content
+
+
+def _detail(r: httpx.Response) -> str:
+    try:
+        return str(r.json().get("detail", r.text))
+    except (ValueError, AttributeError):
+        return r.text
 
 
 def _out(data: Any, as_json: bool, table: Table | None = None) -> None:
@@ -107,17 +110,40 @@ def register(device_id: str, site: Annotated[str, typer.Option()],
 
 @devices_app.command("import")
 def import_devices(file: Annotated[Path, typer.Argument(help="JSON list of devices as POST /devices takes them")],
-                   chunk: int = 500, api_url: ApiUrl = None, token: Token = None, directory: StackDir = None) -> None:
-    """Provision many devices, `chunk` per request, with a progress bar."""
-    items = json.loads(file.read_text())
-    if not isinstance(items, list):
+                   chunk: Annotated[int, typer.Option(min=1, max=10_000, help="devices per request")] = 500,
+                   api_url: ApiUrl = None, token: Token = None, directory: StackDir = None,
+                   as_json: Json = False) -> None:
+    """Provision many devices, `chunk` per request (each all or nothing), with a progress bar."""
+    try:
+        items = json.loads(file.read_text())
+    except (OSError, ValueError) as exc:
+        raise _fail(f"{file}: {exc}") from None
+    if not isinstance(items, list) or not items:
         raise _fail(f"{file}: expected a JSON list of devices")
-    with client(api_url, token, directory) as c, Progress(console=console) as bar:
+    created: list[Any] = []
+    credentials: dict[str, str] = {}
+    with client(api_url, token, directory) as c, _progress(as_json) as bar:
         task = bar.add_task("provisioning", total=len(items))
         for i in range(0, len(items), chunk):
-            call(c, "POST", "/devices", json=items[i:i + chunk])
+            try:
+                data = call(c, "POST", "/devices", json=items[i:i + chunk])
+            except typer.Exit:
+                console.print(f"registered {len(created)} of {len(items)} device(s) before that chunk failed")
+                raise
+            created += data["created"]
+            credentials |= data.get("credentials") or {}
             bar.advance(task, len(items[i:i + chunk]))
-    console.print(f"registered {len(items)} device(s)")
+    if as_json:
+        _out({"created": created, "credentials": credentials or None}, True)
+        return
+    console.print(f"registered {len(created)} device(s)"
+                  + (f"; {len(credentials)} broker password(s) issued (shown once: use --json to keep them)"
+                     if credentials else ""))
+
+
+def _progress(quiet: bool) -> Progress:
+    """A progress bar on stderr (stdout stays clean for --json), hidden with --json."""
+    return Progress(console=Console(stderr=True), disable=quiet, transient=False)
 
 
 @devices_app.command("list")
@@ -196,13 +222,51 @@ def config_set(device_id: str, settings: Annotated[str, typer.Argument(help="set
 def config_bulk(settings: Annotated[str, typer.Argument(help="settings JSON, or @file.json")],
                 site: str | None = None, tag: str | None = None,
                 api_url: ApiUrl = None, token: Token = None, directory: StackDir = None, as_json: Json = False) -> None:
-    """Apply one change to every device of a site and/or tag."""
+    """Apply one change to every active device of a site and/or tag, one device at a time with a progress
+    bar: a device that refuses it (another profile) is listed with the reason and the rest still get it."""
+    if site is None and tag is None:
+        raise _fail("give --site, --tag or both")
+    body = {"settings": _json_arg(settings)}
     with client(api_url, token, directory) as c:
-        data = call(c, "POST", "/config/bulk", json={"settings": _json_arg(settings), "site": site, "tag": tag})
+        ids = _matching_ids(c, site, tag)
+        results: list[dict[str, Any]] = []
+        with _progress(as_json) as bar:
+            task = bar.add_task("config", total=len(ids))
+            for device_id in ids:
+                results.append(_put_desired(c, device_id, body, len(results)))
+                bar.advance(task)
     t = Table("device", "version", "error")
-    for r in data:
+    for r in results:
         t.add_row(r["device_id"], str(r["version"] or "-"), r["error"] or "")
-    _out(data, as_json, t)
+    _out(results, as_json, t)
+    if not as_json:
+        refused = sum(1 for r in results if r["error"])
+        console.print(f"{len(results) - refused} of {len(results)} device(s) got the change")
+
+
+def _matching_ids(c: httpx.Client, site: str | None, tag: str | None) -> list[str]:
+    params: dict[str, Any] = {"limit": 1000, **({"site": site} if site else {}), **({"tag": tag} if tag else {})}
+    ids: list[str] = []
+    while True:
+        page = call(c, "GET", "/devices", params=params)
+        ids += [d["device_id"] for d in page["items"]]
+        if not page["next_cursor"]:
+            return ids
+        params["cursor"] = page["next_cursor"]
+
+
+def _put_desired(c: httpx.Client, device_id: str, body: dict[str, Any], done: int) -> dict[str, Any]:
+    """The device's new version, or the API's reason when it refuses the change (4xx); anything else
+    (API or broker away) stops the run, saying how many devices got it first."""
+    try:
+        r = c.put(f"/devices/{device_id}/config/desired", json=body)
+    except httpx.HTTPError as exc:
+        raise _fail(f"registry API at {c.base_url} unreachable after {done} device(s): {exc}") from None
+    if r.status_code in (404, 409, 422):
+        return {"device_id": device_id, "version": None, "error": _detail(r)}
+    if r.status_code >= 400:
+        raise _fail(f"{r.status_code}: {_detail(r)}; {done} device(s) got the change first")
+    return {"device_id": device_id, "version": r.json()["desired"]["version"], "error": None}
 
 
 def _json_arg(text: str) -> Any:

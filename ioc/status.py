@@ -18,6 +18,7 @@ class SystemStatus:
     recent_dead: list[tuple[str, str]]
     jobs: list[dict[str, object]]
     dead_letter_bytes: int = 0  # on disk, table and indexes: bounded by retention and the payload budget
+    silent: int = 0  # online by their last status, but nothing heard for several heartbeats (no will came)
 
 
 def _estimate(conn: psycopg.Connection, table: str) -> int:
@@ -91,6 +92,7 @@ def read_status(conn: psycopg.Connection, exact: bool = False) -> SystemStatus:
     return SystemStatus(
         devices=one("SELECT count(*) FROM devices"),
         online=one("SELECT count(*) FROM device_status WHERE online"),
+        silent=one("SELECT count(*) FROM device_status WHERE online AND silent_since IS NOT NULL"),
         telemetry_rows=_rows(conn, "telemetry", exact),
         count_rows=_rows(conn, "traffic_counts", exact),
         dead_letters=one("SELECT count(*) FROM dead_letters"),

@@ -63,6 +63,7 @@ def status_view(st: SystemStatus, title: str = "City telemetry") -> Group:
     summary.add_row("telemetry rows", _num(st.telemetry_rows))
     summary.add_row("traffic count rows", _num(st.count_rows))
     summary.add_row("devices online", f"{st.online:,} / {st.devices:,}")
+    summary.add_row("online but silent", f"{st.silent:,}" + (" (check power and link)" if st.silent else ""))
     summary.add_row("dead letters", f"{_num(st.dead_letters)} ({st.dead_letter_bytes / 1e6:,.1f} MB)")
     parts: list[RenderableType] = [summary, ingest_table(st)]
     if st.jobs:

@@ -22,6 +22,7 @@ from cloud.api import commands
 from cloud.api.auth import ensure_admin_token
 from cloud.api.broker import Broker
 from cloud.api.credentials import BrokerAuth
+from cloud.api.deps import TokenCache
 from cloud.api.models import ERRORS
 from cloud.api.routes import admin, config, data, devices
 from cloud.api.routes import commands as command_routes
@@ -76,6 +77,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
             await pool.close()
 
     app = FastAPI(title="IOC registry API", version="1", description=DESCRIPTION, lifespan=lifespan)
+    app.state.tokens = TokenCache(settings.token_cache_s)
     for r in (devices.router, config.router, command_routes.router, data.router, admin.router):
         app.include_router(r, responses=ERRORS)
 

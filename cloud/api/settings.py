@@ -24,4 +24,6 @@ class ApiSettings(BaseSettings):
     broker_auth_dir: Path | None = Field(
         default=None, description="issue per-device broker credentials into this folder (see ioc.stack.broker_auth)")
     broker_pid_file: Path | None = Field(default=None, description="Mosquitto's pid file, to reload it (SIGHUP)")
+    token_cache_s: float = Field(default=5.0, ge=0, le=300, description=(
+        "how long a checked API token is trusted without a query; revoking through the API takes effect at once"))
     sweep_interval_s: float = Field(default=0.5, gt=0, le=60, description="how often open commands are checked")

@@ -73,7 +73,8 @@ def refresh_late_aggregates(conn: psycopg.Connection) -> tuple[int, int]:
     hours = [m.replace(minute=0, second=0, microsecond=0) for m in minutes]
     for lo, hi in windows([h for h in hours if h + HOUR <= now], HOUR, gap=timedelta(0)):
         _refresh(conn, "telemetry_1h", lo, hi)
-        calls += 1
+        _refresh(conn, "traffic_counts_1h", lo, hi)
+        calls += 2
     conn.execute("DELETE FROM rollup_pending WHERE bucket = ANY(%s)", (minutes,))
     return len(minutes), calls
 

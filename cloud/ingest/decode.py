@@ -35,6 +35,7 @@ from contract.messages import (
     StatusMessage,
     TelemetryMessage,
 )
+from contract.twin import ReportedConfig
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,8 @@ class Decoded:
     device_id: str | None = None
     telemetry: list[str] = field(default_factory=list)  # COPY lines: ts, device, metric, value
     counts: list[str] = field(default_factory=list)  # COPY lines: ts, device, line, cls, dir, interval, n, boot
-    minutes: set[int] = field(default_factory=set)  # epoch minutes holding telemetry: rollups to refresh
+    minutes: set[int] = field(default_factory=set)  # epoch minutes holding readings or counts: rollups to refresh
+    key: tuple[str, int] | None = None  # the envelope's (boot_id, seq): what the watermark acknowledges
     events: list[tuple[int, str, str, str, str]] = field(default_factory=list)
     status: StatusMessage | None = None
     config: tuple[int | None, str, int | None] | None = None  # reported config: version, json, device ts (ms)
@@ -253,6 +255,7 @@ class Decoder:
             if why:
                 rejected.append(why)
                 continue
+            out.minutes.add(c.ts // 60_000)  # the hourly counts rollup recomputes its hours from these
             out.counts.append(f"{copy_timestamp(c.ts)}\t{msg.device_id}\t{copy_text(c.line)}\t{c.cls}\t{c.direction}"
                               f"\t{c.interval_s}\t{c.count}\t{boot}\n")
         self._finish(out, msg, rejected, max(c.ts for c in msg.counts))
@@ -273,21 +276,15 @@ class Decoder:
         self._finish(out, msg, rejected, max(e.ts for e in msg.events))
 
     def _reported_config(self, out: Decoded, payload: bytes, device_id: str, now_ms: int) -> None:
-        raw = _parse_json(payload)
-        _check_header(raw, device_id)
-        version = raw.get("version")
-        if version is not None and (type(version) is not int or not 0 <= version < 2**31):
-            raise _RejectError(f"reported config version {version!r} is not a whole number")
-        ts = raw.get("ts")
-        if ts is not None:
-            if type(ts) is not int:
-                raise _RejectError(f"reported config ts {ts!r} is not epoch milliseconds")
-            if (why := self._check_ts(ts, now_ms)) is not None:
-                raise _RejectError(f"reported config {why}")
-        out.config = (version, jsonb_text(raw.get("config", raw), "reported config"), ts)
+        """The contract's ReportedConfig, strictly: the twin and the silence check read its settings."""
+        report = _validate(ReportedConfig, payload, device_id)
+        if (why := self._check_ts(report.ts, now_ms)) is not None:
+            raise _RejectError(f"reported config {why}")  # one from the future would block every later one
+        out.config = (report.version, jsonb_text(report.model_dump(mode="json"), "reported config"), report.ts)
 
     def _finish(self, out: Decoded, msg: Envelope, rejected: list[str], newest: int) -> None:
         out.sent_at = msg.sent_at
+        out.key = (msg.boot_id, msg.seq)
         out.newest_ts = newest
         if rejected:
             shown = "; ".join(rejected[:5]) + (f" (+{len(rejected) - 5} more)" if len(rejected) > 5 else "")
@@ -296,7 +293,7 @@ class Decoder:
                                   out.payload, msg.device_id)
 
 
-M = TypeVar("M", bound=Envelope | StatusMessage)
+M = TypeVar("M", bound=Envelope | StatusMessage | ReportedConfig)
 
 
 class _RejectError(Exception):
@@ -329,7 +326,7 @@ def _check_header(raw: dict[str, Any], topic_device: str) -> None:
 def _validate(model: type[M], payload: bytes, topic_device: str) -> M:
     """pydantic's own JSON parser on the fast path; on failure, parse again only to explain why."""
     try:
-        msg = model.model_validate_json(payload)
+        msg = model.model_validate_json(payload, strict=True)
     except ValidationError as e:
         raw = _parse_json(payload)
         _check_header(raw, topic_device)

@@ -34,7 +34,7 @@ from cloud.ingest.liveness import mark_silent
 from cloud.ingest.registry import DeviceCache
 from cloud.ingest.settings import IngestSettings
 from cloud.ingest.stats import IngestStats, Snapshot
-from cloud.ingest.watermark import WatermarkTracker
+from cloud.ingest.watermark import WatermarkTracker, envelope_key
 from cloud.ingest.writer import BatchWriter
 from contract.messages import now_ms
 
@@ -241,8 +241,7 @@ class IngestService:
                             self._acknowledge(batch, decoded, dead)
                     self._leave_pipeline(batch)
                 if dead is not None and self._watermarks is not None:
-                    self._watermarks.committed((d.device_id, d.payload) for d in decoded
-                                               if d.device_id is not None and d.topic[:4] in ("tlm/", "evt/"))
+                    self._watermarks.committed(_watermark_keys(decoded))
         except Exception:
             self._crash("writer")
             raise
@@ -339,6 +338,16 @@ class IngestService:
                 log.warning("maintenance failed: %s", e)
             if self._stopping.wait(self.settings.maintenance_interval_s):
                 return
+
+
+def _watermark_keys(decoded: list[Decoded]) -> Iterator[tuple[str, tuple[str, int]]]:
+    """(device, (boot_id, seq)) of the committed telemetry and events; a message refused whole still has
+    its key read from the payload, so the device stops resending it."""
+    for d in decoded:
+        if d.device_id is not None and d.topic[:4] in ("tlm/", "evt/"):
+            key = d.key if d.key is not None else envelope_key(d.payload) if d.dead is not None else None
+            if key is not None:
+                yield d.device_id, key
 
 
 def _backoff(max_delay_s: float) -> Iterator[float]:

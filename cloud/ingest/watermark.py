@@ -2,7 +2,8 @@
 (boot_id, seq) of each device are now in the database; publish them per device, coalesced, at most once
 per `min_interval_s`.
 
-Called from the writer threads after their commit (`committed`) and from one publisher thread (`due`).
+Called from the writer threads after their commit (`committed`, with the (boot_id, seq) the decoder read;
+`envelope_key` recovers them from a payload the decoder refused) and from one publisher thread (`due`).
 Only what this process committed is ever published, so processes sharing a subscription never claim each
 other's messages. State is per device and bounded: `MAX_BOOTS` boots, `MAX_RANGES` ranges each.
 """
@@ -48,26 +49,37 @@ def envelope_key(payload: bytes) -> tuple[str, int] | None:
     return None
 
 
-def add_seq(ranges: list[list[int]], seq: int, bound: int | None = MAX_RANGES) -> None:
-    """Insert seq into ascending, disjoint, inclusive ranges, merging neighbours; keep the newest `bound`."""
+def add_range(ranges: list[list[int]], lo: int, hi: int, bound: int | None = MAX_RANGES) -> None:
+    """Insert [lo, hi] into ascending, disjoint, inclusive ranges, merging what it touches; keep the newest
+    `bound`. Commits arrive mostly in order, so the search starts from the end."""
     i = len(ranges)
-    while i > 0 and ranges[i - 1][0] > seq:  # commits arrive mostly in order: search from the end
+    while i > 0 and ranges[i - 1][0] > hi + 1:
         i -= 1
-    if i > 0 and ranges[i - 1][1] >= seq:
-        return  # already there (a resend)
-    joins_prev = i > 0 and ranges[i - 1][1] == seq - 1
-    joins_next = i < len(ranges) and ranges[i][0] == seq + 1
-    if joins_prev and joins_next:
-        ranges[i - 1][1] = ranges[i][1]
-        del ranges[i]
-    elif joins_prev:
-        ranges[i - 1][1] = seq
-    elif joins_next:
-        ranges[i][0] = seq
-    else:
-        ranges.insert(i, [seq, seq])
+    j = i  # ranges[j:i] overlap or adjoin [lo, hi]: ends ascend, so they are the tail of ranges[:i]
+    while j > 0 and ranges[j - 1][1] >= lo - 1:
+        j -= 1
+    if j < i:
+        lo, hi = min(lo, ranges[j][0]), max(hi, ranges[i - 1][1])
+    ranges[j:i] = [[lo, hi]]
     if bound is not None and len(ranges) > bound:
         del ranges[: len(ranges) - bound]
+
+
+def add_seq(ranges: list[list[int]], seq: int, bound: int | None = MAX_RANGES) -> None:
+    add_range(ranges, seq, seq, bound)
+
+
+def runs(seqs: list[int]) -> list[tuple[int, int]]:
+    """Sorted seqs (duplicates allowed) -> inclusive runs of consecutive numbers."""
+    out: list[tuple[int, int]] = []
+    lo = prev = seqs[0]
+    for seq in seqs[1:]:
+        if seq > prev + 1:
+            out.append((lo, prev))
+            lo = seq
+        prev = max(prev, seq)
+    out.append((lo, prev))
+    return out
 
 
 @dataclass
@@ -108,11 +120,14 @@ class WatermarkTracker:
         self._lock = threading.Lock()
         self._devices: dict[str, _Device] = {}
 
-    def committed(self, messages: Iterable[tuple[str, bytes]]) -> None:
-        """(device_id, payload) of messages whose rows (or dead letter) are now committed."""
-        keys = [(dev, key) for dev, payload in messages if (key := envelope_key(payload)) is not None]
+    def committed(self, keys: Iterable[tuple[str, tuple[str, int]]]) -> None:
+        """(device_id, (boot_id, seq)) of messages whose rows (or dead letter) are now committed. A batch
+        holds runs of consecutive seqs per device: each run is merged once, not seq by seq."""
+        seqs: dict[tuple[str, str], list[int]] = {}
+        for dev, (boot, seq) in keys:
+            seqs.setdefault((dev, boot), []).append(seq)
         with self._lock:
-            for dev, (boot, seq) in keys:
+            for (dev, boot), numbers in seqs.items():
                 d = self._devices.get(dev)
                 if d is None:
                     d = self._devices[dev] = _Device()
@@ -123,8 +138,10 @@ class WatermarkTracker:
                         del d.boots[next(iter(d.boots))]
                 elif next(reversed(d.boots)) != boot:
                     d.boots[boot] = d.boots.pop(boot)  # most recently used last
-                add_seq(b.history, seq)
-                add_seq(b.fresh, seq, bound=None)
+                numbers.sort()
+                for lo, hi in runs(numbers):
+                    add_range(b.history, lo, hi)
+                    add_range(b.fresh, lo, hi, bound=None)
                 d.dirty = True
 
     def due(self, force: bool = False) -> list[tuple[str, bytes]]:

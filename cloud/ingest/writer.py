@@ -44,10 +44,20 @@ _MARK_DIRTY = """
 INSERT INTO rollup_dirty (instance, bucket)
 SELECT %s::text, to_timestamp(m * 60) FROM unnest(%s::bigint[]) AS m
 ON CONFLICT (instance, bucket) DO UPDATE SET bucket = EXCLUDED.bucket"""  # lock the row: upkeep waits for our commit
+# Events in one statement; returns those whose key was already stored with other details or severity (the
+# join reads the table as it was before this statement's insert, so new rows never match themselves).
 _INSERT_EVENTS = """
-INSERT INTO events (ts, device_id, kind, severity, details)
-VALUES (timestamptz 'epoch' + %s * interval '1 millisecond', %s, %s, %s, %s::jsonb)
-ON CONFLICT DO NOTHING"""
+WITH incoming AS (
+    SELECT timestamptz 'epoch' + ms * interval '1 millisecond' AS ts, ms, device_id, kind, severity, details
+    FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::text[], %s::jsonb[])
+        AS i(ms, device_id, kind, severity, details)
+), ins AS (
+    INSERT INTO events (ts, device_id, kind, severity, details)
+    SELECT ts, device_id, kind, severity, details FROM incoming ON CONFLICT DO NOTHING
+)
+SELECT i.device_id, 'event ' || i.kind, i.ms, e.severity || ' ' || e.details::text, i.severity || ' ' || i.details::text
+FROM incoming i JOIN events e USING (device_id, kind, ts)
+WHERE e.details IS DISTINCT FROM i.details OR e.severity IS DISTINCT FROM i.severity"""
 _INSERT_DEAD = """
 INSERT INTO dead_letters (topic, device_id, reason, payload, payload_size) VALUES (%s, %s, %s, %s, %s)
 ON CONFLICT (topic, payload_hash) DO NOTHING"""  # a redelivered bad message is recorded once
@@ -104,9 +114,23 @@ def _copy(cur: psycopg.Cursor, table: str, columns: str, data: str, dedupe: bool
     return cur.execute(_CONFLICTS[table]).fetchall()
 
 
+def _events(cur: psycopg.Cursor, events: list[tuple[int, str, str, str, str]]) -> list[tuple]:
+    """Insert events (ts ms, device, kind, severity, details); returns conflicts as `_copy` does, including
+    two different events for one key inside this batch (the first is kept)."""
+    first: dict[tuple[int, str, str], tuple[int, str, str, str, str]] = {}
+    conflicts: list[tuple] = []
+    for e in events:
+        kept = first.setdefault((e[0], e[1], e[2]), e)
+        if kept is not e and (kept[3] != e[3] or json.loads(kept[4]) != json.loads(e[4])):
+            conflicts.append((e[1], f"event {e[2]}", e[0], f"{kept[3]} {kept[4]}", f"{e[3]} {e[4]}"))
+    rows = list(first.values())
+    cur.execute(_INSERT_EVENTS, [list(col) for col in zip(*rows, strict=True)])
+    return conflicts + cur.fetchall()
+
+
 def _conflict_letters(batch: Sequence[Decoded], rows: list[tuple]) -> list[DeadLetter]:
     """One dead letter per device with the points it sent twice with different values (the first is kept)."""
-    topic_of = {d.device_id: d.topic for d in batch if d.telemetry or d.counts}
+    topic_of = {d.device_id: d.topic for d in batch if d.telemetry or d.counts or d.events}
     by_device: dict[str, list[tuple]] = {}
     for r in rows:
         by_device.setdefault(r[0], []).append(r)
@@ -123,7 +147,7 @@ def _conflict_letters(batch: Sequence[Decoded], rows: list[tuple]) -> list[DeadL
 
 
 def _minutes(batch: Sequence[Decoded]) -> list[int]:
-    """The batch's telemetry minutes, sorted: every writer locks rollup_dirty rows in one order."""
+    """The minutes the batch's readings and counts fall in, sorted: writers lock rollup_dirty rows in one order."""
     return sorted(set().union(*(d.minutes for d in batch)))
 
 
@@ -226,7 +250,7 @@ class BatchWriter:
             conflicts += _copy(cur, "traffic_counts", _COUNTS_COLUMNS, counts, dedupe)
         events = [e for d in batch for e in d.events]
         if events:
-            cur.executemany(_INSERT_EVENTS, events)
+            conflicts += _events(cur, events)
         dead = [d.dead for d in batch if d.dead]
         if conflicts:
             dead += _conflict_letters(batch, conflicts)

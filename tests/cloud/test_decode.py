@@ -43,6 +43,13 @@ def test_a_valid_message_becomes_copy_rows() -> None:
     assert d.newest_ts == NOW - 1000
 
 
+def _report(**fields: object) -> bytes:
+    """A reported config as the edge agent sends it (contract.twin.ReportedConfig), with fields replaced."""
+    body = {"v": 1, "device_id": "gw-1", "boot_id": "b", "ts": NOW, "status": "applied", "version": 4,
+            "settings": {"heartbeat_s": 30}, **fields}
+    return json.dumps(body).encode()
+
+
 @pytest.mark.parametrize(
     ("topic", "payload", "reason"),
     [
@@ -59,7 +66,11 @@ def test_a_valid_message_becomes_copy_rows() -> None:
         ("telemetry/north/gw-1", _msg(), "unknown topic"),
         ("tlm/v1/north/gw-1/counts", _msg(), "does not count objects"),
         ("evt/v1/north/gw-1/x", b'{"v": 1, "events": [{"kind": "a\\u0000b"}]}', "NUL character"),
-        ("cfg/v1/gw-1/reported", b'{"v": 1, "device_id": "gw-1", "version": true}', "not a whole number"),
+        ("cfg/v1/gw-1/reported", _report(version=True), "schema: version"),
+        ("cfg/v1/gw-1/reported", _report(settings={"heartbeat_s": "30"}), "schema: settings.heartbeat_s"),
+        ("cfg/v1/gw-1/reported", _report(settings={"heartbeat_s": 30, "secret_knob": 1}), "settings.secret_knob"),
+        ("cfg/v1/gw-1/reported", _report(v=True), "schema version"),
+        ("cfg/v1/gw-1/reported", b'{"v": 1, "device_id": "gw-1", "version": 4, "config": {}}', "schema: boot_id"),
     ],
 )
 def test_unusable_messages_are_dead_lettered_whole_with_a_reason(topic: str, payload: bytes, reason: str) -> None:
@@ -105,14 +116,13 @@ def test_status_events_and_reported_config_are_decoded() -> None:
         {"v": 1, "device_id": "gw-1", "boot_id": "b", "seq": 2,
          "events": [{"ts": NOW, "kind": "pm25_high", "severity": "warning", "details": {"value": 80}}]}).encode(), NOW)
     assert ev.events == [(NOW, "gw-1", "pm25_high", "warning", '{"value": 80}')]
-    cfg = decoder.decode("cfg/v1/gw-1/reported", json.dumps(
-        {"v": 1, "device_id": "gw-1", "version": 4, "config": {"interval_s": 5}}).encode(), NOW)
-    assert cfg.config == (4, '{"interval_s": 5}', None)  # no ts: stored whatever came before
-    cfg = decoder.decode("cfg/v1/gw-1/reported", json.dumps(
-        {"v": 1, "device_id": "gw-1", "version": 4, "ts": NOW, "config": {"interval_s": 5}}).encode(), NOW)
-    assert cfg.config == (4, '{"interval_s": 5}', NOW)
-    future = decoder.decode("cfg/v1/gw-1/reported", json.dumps(
-        {"v": 1, "device_id": "gw-1", "version": 4, "ts": NOW + 86_400_000, "config": {}}).encode(), NOW)
+    cfg = decoder.decode("cfg/v1/gw-1/reported", _report(), NOW)
+    assert cfg.dead is None
+    assert cfg.config is not None
+    version, stored, ts = cfg.config
+    assert (version, ts) == (4, NOW)
+    assert json.loads(stored)["settings"]["heartbeat_s"] == 30.0  # what the silence check reads
+    future = decoder.decode("cfg/v1/gw-1/reported", _report(ts=NOW + 86_400_000), NOW)
     assert future.dead is not None  # a report from the future would block every later one
     assert "ts" in future.dead.reason
 
@@ -146,8 +156,8 @@ def _raw(body: str) -> bytes:
                                       "ts": NOW + 86_400_000}).encode(), "status ts"),
         ("evt/v1/north/gw-1/x", _raw('{"v": 1, "device_id": "gw-1", "boot_id": "b", "seq": 1,'
                                      ' "events": [{"ts": NOW, "kind": "k", "details": {"x": NaN}}]}'), "NaN or"),
-        ("cfg/v1/gw-1/reported", b'{"v": 1, "device_id": "gw-1", "config": {"x": 1e400}}', "NaN or Infinity"),
-        ("cfg/v1/gw-1/reported", b'{"v": 1, "device_id": "gw-1", "ts": 0}', "older than the retention"),
+        ("cfg/v1/gw-1/reported", _report(settings={"metrics": {"pm25": {"high": 1e400}}}), "NaN or Infinity"),
+        ("cfg/v1/gw-1/reported", _report(ts=0), "older than the retention"),
         # what used to escape as RecursionError and kill ingest, on every kind of topic
         ("tlm/v1/north/gw-1/env", b'{"v": 1, "x": ' + b"[" * 4000 + b"]" * 4000 + b"}", "recursion limit"),
         ("cfg/v1/gw-1/reported", b'{"v": 1, "config": ' + b'{"a":' * 1500 + b"1" + b"}" * 1501, "recursion limit"),

@@ -185,7 +185,7 @@ def seed(stack: Stack) -> Iterator[Seed]:
         for table in ("telemetry", "traffic_counts", "events", "dead_letters"):
             conn.execute(f"DELETE FROM {table} WHERE device_id = ANY(%s)", (devs,))
         if current_backend(conn) == "postgres":
-            for table in ("telemetry_1m", "telemetry_1h"):
+            for table in ("telemetry_1m", "telemetry_1h", "traffic_counts_1h"):
                 conn.execute(f"DELETE FROM {table} WHERE device_id = ANY(%s)", (devs,))
         conn.execute("DELETE FROM ingest_instances WHERE instance = %s", (s.instance,))
         conn.execute("DELETE FROM alarms WHERE id = %s", (s.alarm_id,))
@@ -479,6 +479,25 @@ def test_panel_query_runs(q: PanelQuery, sc: Scenario, seed: Seed, grafana_conn:
         EXPECT[q.name](result, seed)
     elif sc.selection == "all" and q.name in EXPECT and "site" in q.sql:
         assert result.rows, f"{q.name} [{sc.name}]: no rows with every site selected"
+
+
+COUNT_TOTALS = {"City overview / Traffic counts per class": _totals("class_totals"),
+                "City overview / Traffic counts per direction": _totals("direction_totals"),
+                "Traffic / Vehicles per class (range total)": _class_totals,
+                "Traffic / Vehicles by day x hour (heat map, Vietnam time)": _heat_total}
+
+
+@pytest.mark.parametrize("timescaledb", [False, True], ids=["pg-macros", "ts-macros"])
+def test_count_panels_over_30_days_read_the_hourly_counts_and_miss_nothing(
+        timescaledb: bool, seed: Seed, grafana_conn: psycopg.Connection, has_timescaledb: bool) -> None:
+    """Beyond two days the traffic panels read traffic_counts_1h, not raw rows: the same totals must come back."""
+    if timescaledb and not has_timescaledb:
+        pytest.skip("timescaledb extension not installed in the test database: time_bucket() cannot run here")
+    sc = Scenario("30d-1h", timescaledb, timedelta(days=30), timedelta(hours=1), "seeded", check=True)
+    for name, check in COUNT_TOTALS.items():
+        q = next(q for q in QUERIES if q.name == name)
+        assert "traffic_counts_1h" in q.sql, name
+        check(run(grafana_conn, q, sc, seed), seed)
 
 
 def test_committed_dashboards_are_what_build_py_makes() -> None:

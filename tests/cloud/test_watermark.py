@@ -4,6 +4,7 @@ the database -- also with two ingest processes splitting one device's messages i
 from __future__ import annotations
 
 import json
+import random
 import threading
 import uuid
 from collections.abc import Callable
@@ -15,7 +16,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from support import wait_until
 
-from cloud.ingest.watermark import WatermarkTracker, add_seq, envelope_key
+from cloud.ingest.watermark import WatermarkTracker, add_range, add_seq, envelope_key, runs
 from contract import topics
 from contract.messages import now_ms
 from contract.watermark import MAX_RANGES, Watermark
@@ -37,6 +38,19 @@ def test_ranges_merge_and_stay_bounded() -> None:
     assert r[-1] == [100 + 2 * MAX_RANGES - 2] * 2  # the newest kept, the oldest fell off
 
 
+def test_merging_runs_matches_merging_one_seq_at_a_time() -> None:
+    rng = random.Random(8)
+    for _ in range(300):
+        seqs = [rng.randrange(60) for _ in range(rng.randrange(1, 40))]
+        one, batched = [], []
+        for s in seqs:
+            add_seq(one, s, bound=None)
+        for lo, hi in runs(sorted(seqs)):
+            add_range(batched, lo, hi, bound=None)
+        expect = [list(r) for r in runs(sorted(set(seqs)))]
+        assert one == batched == expect, seqs
+
+
 def test_the_envelope_is_read_from_the_top_level_only() -> None:
     plain = b'{"v":1,"device_id":"d","boot_id":"b1","seq":7,"samples":[]}'
     nested_first = b'{"v":1,"device_id":"d","events":[{"details":{"seq":3,"boot_id":"x"}}],"boot_id":"b1","seq":7}'
@@ -49,17 +63,17 @@ def test_the_envelope_is_read_from_the_top_level_only() -> None:
 def test_watermarks_are_coalesced_per_device_and_rate_bounded() -> None:
     clock = [100.0]
     t = WatermarkTracker("i1", min_interval_s=1.0, clock=lambda: clock[0])
-    t.committed([("d1", b'{"boot_id":"b","seq":%d}' % i) for i in (1, 2, 3, 5)])
-    t.committed([("d2", b'{"boot_id":"c","seq":9}')])
+    t.committed([("d1", ("b", i)) for i in (5, 1, 3, 2)])  # any order within a batch
+    t.committed([("d2", ("c", 9))])
     first = {tp: Watermark.model_validate_json(p) for tp, p in t.due()}
     assert set(first) == {topics.watermark("d1"), topics.watermark("d2")}
     assert first[topics.watermark("d1")].boots[0].ranges == [(1, 3), (5, 5)]
-    t.committed([("d1", b'{"boot_id":"b","seq":4}')])
+    t.committed([("d1", ("b", 4))])
     assert t.due() == []  # within the interval: held back, not lost
     clock[0] += 1.0
     ((_, payload),) = t.due()
     assert Watermark.model_validate_json(payload).boots[0].ranges == [(1, 5)]
-    t.committed([("d1", b'{"boot_id":"b2","seq":100}')])  # the device restarted
+    t.committed([("d1", ("b2", 100))])  # the device restarted
     clock[0] += 1.0
     ((_, payload),) = t.due()
     assert [b.boot_id for b in Watermark.model_validate_json(payload).boots] == ["b2", "b"]

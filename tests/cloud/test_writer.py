@@ -147,6 +147,33 @@ def test_a_second_different_value_for_a_stored_point_is_recorded_not_dropped(
     assert {(p["key"], p["stored"], p["refused"]) for p in shown} == {("pm25", 1.0, 5.0), ("pm10", 2.0, 10.0)}
 
 
+def _evt(dev: str, ts: int, details: dict[str, object], severity: str = "warning") -> Decoded:
+    return Decoded(topic=f"evt/v1/s/{dev}/door", payload=json.dumps(details).encode(), device_id=dev,
+                   events=[(ts, dev, "door_open", severity, json.dumps(details))])
+
+
+def test_a_second_different_event_for_the_same_key_is_recorded_not_dropped(
+    stack: Stack, db: psycopg.Connection, register_device: object
+) -> None:
+    dev = f"w-{uuid.uuid4().hex[:8]}"
+    register_device(dev)  # type: ignore[operator]
+    t = now_ms() - 60_000
+    writer = BatchWriter(stack.dsn, "test-writer", mark_rollups=False)
+    try:
+        assert writer.write([_evt(dev, t, {"cabinet": 1, "by": "tech"})]) == 0
+        assert writer.write([_evt(dev, t, {"by": "tech", "cabinet": 1})]) == 0  # a redelivery: same details
+        assert writer.write([_evt(dev, t, {"cabinet": 2})]) == 1  # stored already with other details
+        assert writer.write([_evt(dev, t + 1, {"a": 1}), _evt(dev, t + 1, {"a": 1}, "critical")]) == 1  # in one batch
+    finally:
+        writer.close()
+    rows = db.execute("SELECT severity, details FROM events WHERE device_id = %s ORDER BY ts", (dev,)).fetchall()
+    assert rows == [("warning", {"cabinet": 1, "by": "tech"}), ("warning", {"a": 1})]  # the first is kept
+    reasons = [r for (r,) in db.execute("SELECT reason FROM dead_letters WHERE device_id = %s ORDER BY id", (dev,))]
+    assert len(reasons) == 2
+    assert all(r.startswith("conflict: 1 point(s)") and "event door_open" in r for r in reasons)
+    assert '"cabinet": 2' in reasons[0]
+
+
 def test_strings_with_copy_special_characters_are_stored_exactly(
     stack: Stack, db: psycopg.Connection, register_device: object
 ) -> None:

@@ -21,6 +21,8 @@ import pytest
 import yaml
 from edge_helpers import device_config, wait_for
 
+from ioc.status import read_status
+
 pytestmark = pytest.mark.slow
 SITE = "edge-live"
 HERE = Path(__file__).resolve().parent
@@ -82,6 +84,7 @@ def test_a_stopped_agent_is_marked_silent_and_unmarked_when_it_resumes(
         lambda: (s := _status(db, device)) and s[2] is not None and s, timeout=90, what="marked silent"
     )
     assert online, "no will came: the status still says online, the silence mark says otherwise"
+    assert read_status(db).silent >= 1  # what `ioc status` shows as "online but silent"
     agent_proc.send_signal(signal.SIGCONT)
     wait_for(lambda: (s := _status(db, device)) and s[0] and s[2] is None, timeout=60,
              what="heard again: no longer silent")

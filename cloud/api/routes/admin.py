@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Query, status
+from fastapi import APIRouter, HTTPException, Query, Request, status
 from psycopg.rows import dict_row
 
 from cloud.api import audit
@@ -39,7 +39,7 @@ async def list_tokens(conn: Conn, who: Admin) -> list[TokenPublic]:
 
 
 @router.delete("/tokens/{token_id}", response_model=TokenPublic, responses={404: {"description": "no such token"}})
-async def revoke_token(conn: Conn, who: Admin, token_id: str) -> TokenPublic:
+async def revoke_token(request: Request, conn: Conn, who: Admin, token_id: str) -> TokenPublic:
     """Takes effect on the next request made with it."""
     async with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
         await cur.execute("UPDATE api_tokens SET revoked_at = COALESCE(revoked_at, now()) WHERE token_id = %s"
@@ -48,6 +48,7 @@ async def revoke_token(conn: Conn, who: Admin, token_id: str) -> TokenPublic:
         if row is None:
             raise HTTPException(status.HTTP_404_NOT_FOUND, f"no token {token_id!r}")
         await audit.record(conn, who, "token.revoke", token_id, None, {"name": row["name"], "role": row["role"]})
+    request.app.state.tokens.forget(token_id)
     return TokenPublic.model_validate(row)
 
 

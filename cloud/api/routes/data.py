@@ -9,7 +9,6 @@ from fastapi import APIRouter, HTTPException, Query, status
 from pydantic import BaseModel, Field
 
 from cloud.api.deps import Conn, Viewer
-from cloud.api.routes.devices import load_device
 from contract.profiles import load_profiles
 
 router = APIRouter(tags=["data"])
@@ -62,6 +61,15 @@ class TrafficCount(BaseModel):
     count: int
 
 
+async def device_profile(conn: Conn, device_id: str) -> str:
+    """The device's profile, or 404: one primary-key read, not the whole device view with its live status."""
+    cur = await conn.execute("SELECT profile FROM devices WHERE device_id = %s", (device_id,))
+    row = await cur.fetchone()
+    if row is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no device {device_id!r}")
+    return str(row[0])
+
+
 @router.get("/fleet/summary", response_model=FleetSummary)
 async def fleet_summary(conn: Conn, who: Viewer,
                         silent_heartbeats: Annotated[int, Query(ge=1, le=1000)] = 3) -> FleetSummary:
@@ -93,8 +101,7 @@ async def fleet_summary(conn: Conn, who: Viewer,
 async def latest_readings(conn: Conn, who: Viewer, device_id: str,
                           max_age_h: Annotated[float, Query(gt=0, le=24 * 90)] = 24) -> list[Reading]:
     """The newest value of every metric of the device's profile (health metrics included)."""
-    device = await load_device(conn, device_id)
-    profile = load_profiles().get(device["profile"])
+    profile = load_profiles().get(await device_profile(conn, device_id))
     units = {m: s.unit for m, s in profile.metrics.items()} if profile else {}
     cur = await conn.execute("""
         SELECT m, t.ts, t.value FROM unnest(%s::text[]) AS m
@@ -120,10 +127,10 @@ async def metric_range(conn: Conn, who: Viewer, device_id: str, metric: str,
                        end: Annotated[datetime | None, Query(description="default: now")] = None,
                        bucket_s: Annotated[int, Query(ge=1, le=86400 * 31)] = 60) -> Series:
     """Time-bucketed mean/min/max/count; ranges over 6 h read the 1-minute rollup, over 7 days the hourly."""
-    device = await load_device(conn, device_id)
-    profile = load_profiles().get(device["profile"])
+    profile_name = await device_profile(conn, device_id)
+    profile = load_profiles().get(profile_name)
     if profile is None or metric not in profile.metrics:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"{metric!r} is not a metric of {device['profile']}")
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"{metric!r} is not a metric of {profile_name}")
     end = end or datetime.now(UTC)
     start = start or end - timedelta(hours=1)
     if start.tzinfo is None or end.tzinfo is None:
@@ -150,7 +157,7 @@ async def metric_range(conn: Conn, who: Viewer, device_id: str, metric: str,
 async def traffic(conn: Conn, who: Viewer, device_id: str, start: datetime | None = None,
                   end: datetime | None = None) -> list[TrafficCount]:
     """Objects counted per line, class and direction over [start, end) (default: the last hour)."""
-    await load_device(conn, device_id)
+    await device_profile(conn, device_id)
     end = end or datetime.now(UTC)
     start = start or end - timedelta(hours=1)
     if start.tzinfo is None or end.tzinfo is None:
