@@ -120,8 +120,7 @@ def preview_cmd(
     config: ConfigOpt,
     output: Annotated[Path, typer.Option("--out", "-o", help="where to write the PNG")] = Path("preview.png"),
 ) -> None:
-    """Draw the lines (with in/out arrows), zones and ground-plane points on a privacy-safe frame; fail
-    if any point lies outside the image."""
+    """Draw lines (with in/out arrows), zones and ground points on a frame; fail if a point is outside it."""
     import cv2
 
     from edge.camera import preview
