@@ -19,7 +19,7 @@ from typing import Any
 import psycopg
 import pytest
 import yaml
-from grafana_macros import MacroError, Variable, expand_macros, format_interval, interpolate
+from grafana_macros import MacroError, Variable, expand_macros, format_interval, interpolate, resolve_variables
 from support import wait_until
 
 from cloud.alerts.aqi import band_for, hourly_aqi
@@ -255,29 +255,13 @@ class Result:
         return [float(r[2]) for r in self.rows if r[1] == metric]
 
 
-def resolve_variables(conn: psycopg.Connection, path: Path, frm: datetime, to: datetime, interval: timedelta,
-                      timescaledb: bool, pinned: dict[str, list[str]]) -> dict[str, Variable]:
-    """Resolve the dashboard's variables in its order, as the browser does: each runs its own query with the
-    ones before it (pinned ones take the given values)."""
-    variables: dict[str, Variable] = {}
-    for var in _load(path)["templating"]["list"]:
-        if var["name"] in pinned:
-            values = pinned[var["name"]]
-        else:
-            sql = interpolate(var["query"], frm=frm, to=to, interval=interval, timescaledb=timescaledb,
-                              variables=variables)
-            values = [r[0] for r in conn.execute(sql).fetchall()]
-        variables[var["name"]] = Variable(values, multi=True, include_all=True)
-    return variables
-
-
 def _variables(conn: psycopg.Connection, sc: Scenario, s: Seed, path: Path, frm: datetime,
                to: datetime) -> dict[str, Variable]:
     names = [v["name"] for v in _load(path)["templating"]["list"]]
     if sc.selection == "none":
         return {name: Variable([], multi=True, include_all=True) for name in names}
     pinned = {} if sc.selection == "all" else {"site": [s.site]}
-    return resolve_variables(conn, path, frm, to, sc.interval, sc.timescaledb, pinned)
+    return resolve_variables(conn, _load(path), frm, to, sc.interval, sc.timescaledb, pinned)
 
 
 def run(conn: psycopg.Connection, q: PanelQuery, sc: Scenario, s: Seed) -> Result:
@@ -537,7 +521,7 @@ def test_variable_queries_run(path: Path, seed: Seed, grafana_conn: psycopg.Conn
         interpolate(_load(path)["templating"]["list"][0]["query"], frm=now - timedelta(hours=6), to=now,
                     interval=timedelta(minutes=1), timescaledb=False)).fetchall()]
     assert seed.site in sites
-    variables = resolve_variables(grafana_conn, path, now - timedelta(hours=6), now, timedelta(minutes=1), False,
+    variables = resolve_variables(grafana_conn, _load(path), now - timedelta(hours=6), now, timedelta(minutes=1), False,
                                   {"site": [seed.site]})
     for name, var in variables.items():
         assert var.value, f"{path.name}: variable {name} returned nothing"
