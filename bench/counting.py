@@ -4,8 +4,9 @@ For every hand-count set under tests/data (*.yaml: clip, lines, counted spans) a
 (detector input 320/416/640, motion gate on/off), the whole pipeline - decode, gate, detector,
 tracker, lines - runs over the clip at the box defaults otherwise, and each line's crossings are
 matched per direction to the hand counts within the set's tolerance. Prints precision, recall,
-frames/s analysed, CPU and detector runs; asserts nothing. The defaults in models/yolov3-tiny-coco.md
-come from this table.
+frames/s analysed, CPU and detector runs, and frames/s as a ratio to the first setting run in the same
+process (`x1st`: absolute figures swing with other load on a shared machine, ratios much less);
+asserts nothing. The defaults in models/yolov3-tiny-coco.md come from this table.
 
     .venv/bin/python bench/counting.py [--sizes 320 416 640] [--gate on off] [--last-frame N]
 """
@@ -38,10 +39,11 @@ def main() -> None:
         registry.prepare(registry.DEFAULT_MODEL, size)  # convert outside the timed runs
     header = (
         f"{'clip':<10} {'line':<10} {'input':>5} {'gate':>4} {'dir':>3} {'hand':>4} {'counted':>7} "
-        f"{'P':>5} {'R':>5} {'fps':>6} {'CPU%':>5} {'det runs':>8}"
+        f"{'P':>5} {'R':>5} {'fps':>6} {'x1st':>5} {'CPU%':>5} {'det runs':>8}"
     )
     print(header)
     print("-" * len(header))
+    first_fps: float | None = None
     for path in sets:
         spec, truth = load_hand_counts(path)
         for size in args.sizes:
@@ -53,6 +55,7 @@ def main() -> None:
                 )
                 run = count_clip(CameraPipeline(clip_config(spec, base)), args.last_frame)
                 fps, cpu = run.frames / run.wall_s, 100 * run.cpu_s / run.wall_s
+                first_fps = first_fps or fps
                 for line in spec.lines:
                     lo, hi = line.frames
                     span = (lo, min(hi, args.last_frame) if args.last_frame is not None else hi)
@@ -60,7 +63,8 @@ def main() -> None:
                     for direction, s in scores.items():
                         print(
                             f"{spec.clip:<10} {line.name:<10} {size:>5} {gate:>4} {direction:>3} {s.truth:>4} "
-                            f"{s.counted:>7} {s.precision:>5.2f} {s.recall:>5.2f} {fps:>6.1f} {cpu:>5.0f} "
+                            f"{s.counted:>7} {s.precision:>5.2f} {s.recall:>5.2f} {fps:>6.1f} {fps / first_fps:>5.2f} "
+                            f"{cpu:>5.0f} "
                             f"{run.detector_runs:>4}/{run.frames}"
                         )
                         if s.misses or s.extra:

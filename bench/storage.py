@@ -36,7 +36,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests" / "cloud"))
 
-from grafana_macros import Variable, interpolate  # noqa: E402  (the tests' expander: one copy of Grafana's rules)
+from grafana_macros import interpolate, resolve_variables  # noqa: E402  (the tests' expander: one copy of Grafana's rules)
 
 from cloud.db.devices import register_devices  # noqa: E402
 from cloud.db.maintenance import run_maintenance  # noqa: E402
@@ -176,7 +176,8 @@ def sizes(stack: Stack, run: Run) -> None:
 
 
 # -- dashboards ---------------------------------------------------------------------------------------------
-def panel_queries() -> list[tuple[str, str]]:
+def panel_queries() -> list[tuple[dict, str, str]]:
+    """(dashboard, "Dashboard / Panel", SQL) for every panel query of every dashboard."""
     out = []
     for path in DASHBOARDS:
         dash = json.loads(path.read_text(encoding="utf-8"))
@@ -185,7 +186,7 @@ def panel_queries() -> list[tuple[str, str]]:
             p = stack.pop(0)
             stack.extend(p.get("panels", []))
             for t in p.get("targets", []):
-                out.append((f"{dash['title']} / {p['title']}", t["rawSql"]))
+                out.append((dash, f"{dash['title']} / {p['title']}", t["rawSql"]))
     return out
 
 
@@ -197,18 +198,6 @@ def grafana_dsn(stack: Stack) -> str:
     return psycopg.conninfo.make_conninfo(stack.dsn, user="ioc_grafana", password=password)
 
 
-def variables(conn: psycopg.Connection, frm: datetime, to: datetime, timescaledb: bool) -> dict[str, Variable]:
-    """One site selected and every device of it, as an operator looking at a district does."""
-    dash = json.loads(DASHBOARDS[0].read_text(encoding="utf-8"))
-    templating = {v["name"]: v for v in dash.get("templating", {}).get("list", [])}
-    out: dict[str, Variable] = {"site": Variable(["district-01"], multi=True, include_all=True)}
-    if "device" in templating:
-        sql = interpolate(templating["device"]["query"], frm=frm, to=to, interval=timedelta(minutes=1),
-                          timescaledb=timescaledb, variables=out)
-        out["device"] = Variable([r[0] for r in conn.execute(sql).fetchall()], multi=True, include_all=True)
-    return out
-
-
 def panels(stack: Stack, run: Run, repeats: int) -> None:
     ts = run.backend == "timescale"
     with psycopg.connect(grafana_dsn(stack), autocommit=True) as conn:
@@ -216,9 +205,13 @@ def panels(stack: Stack, run: Run, repeats: int) -> None:
             to = datetime.now(UTC)
             frm = to - span
             interval = max(timedelta(seconds=1), span / 1000)  # Grafana: range / max data points, ~1000 px
-            vars_ = variables(conn, frm, to, ts)
-            for name, raw in panel_queries():
-                sql = interpolate(raw, frm=frm, to=to, interval=interval, timescaledb=ts, variables=vars_)
+            resolved: dict[str, dict] = {}  # per dashboard: one district selected, as an operator looking at it
+            for dash, name, raw in panel_queries():
+                if dash["uid"] not in resolved:
+                    resolved[dash["uid"]] = resolve_variables(conn, dash, frm, to, timedelta(minutes=1), ts,
+                                                              {"site": ["district-01"]})
+                sql = interpolate(raw, frm=frm, to=to, interval=interval, timescaledb=ts,
+                                  variables=resolved[dash["uid"]])
                 times = []
                 for _ in range(repeats):
                     t0 = time.perf_counter()

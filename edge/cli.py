@@ -21,7 +21,7 @@ from edge.camera import cli as camera_cli  # cheap: OpenCV and the model load in
 from edge.config import ConfigError, DeviceConfig, load_config
 
 app = typer.Typer(help="Edge agent: sensors or video analytics -> outbox -> MQTT.", no_args_is_help=True)
-app.command("camera")(camera_cli.run_camera)
+app.add_typer(camera_cli.camera_app, name="camera")
 app.command("snapshot")(camera_cli.snapshot_cmd)
 app.add_typer(camera_cli.models_app, name="models")
 log = logging.getLogger(__name__)

@@ -132,16 +132,12 @@ def check_rules(rules: RulesDir = None, dsn: Dsn = None, directory: StackDir = N
         raise _fail(str(e)) from None
     t = Table("rule", "kind", "severity", "for (s)", "devices now in condition")
     conn = psycopg.connect(resolve_dsn(dsn, directory)) if against_db else None
-    if conn is not None:
-        from cloud.alerts.evaluator import LatestReadings
-
-        LatestReadings().refresh(conn, loaded)  # what threshold rules read
     try:
         for r in loaded:
             matched = "-"
             if conn is not None:
                 sql, params = r.query()
-                rows = conn.execute(sql, {**params, "tracked": [], "since": 0}).fetchall()
+                rows = conn.execute(sql, {**params, "tracked": []}).fetchall()
                 conn.rollback()
                 hits = [row[0] for row in rows if row[4]]
                 matched = f"{len(hits)}: {', '.join(hits[:5])}" + (" ..." if len(hits) > 5 else "")

@@ -1,4 +1,5 @@
-"""One evaluation cycle: each rule's set-based query over all its devices, then the transitions.
+"""One evaluation cycle: the readings of all threshold rules in one query (thresholds.py), each other rule's
+set-based query over all its devices, then the transitions.
 
 Per (rule, device) the evaluator knows one of: nothing, pending (the condition holds since `since`, not yet
 for the rule's duration; persisted in alert_eval_state so a restart or a takeover keeps the clock), or an
@@ -16,8 +17,9 @@ from datetime import datetime, timedelta
 
 import psycopg
 
-from cloud.alerts.rules import LATEST_TABLE, Rule, ThresholdRule
+from cloud.alerts.rules import Rule, ThresholdRule
 from cloud.alerts.store import Raise, clear_alarm, raise_alarms
+from cloud.alerts.thresholds import Reading, Row, ThresholdReader, threshold_rows
 
 log = logging.getLogger(__name__)
 
@@ -30,83 +32,19 @@ class CycleResult:
     cleared: int = 0
     pending: int = 0
     errors: list[str] = field(default_factory=list)
-    refresh_s: float = 0.0  # reading the latest readings
-    rules_s: float = 0.0    # the rules' queries and transitions
-
-
-class LatestReadings:
-    """Each device's latest reading of the metrics threshold rules watch, in a session (temporary) table of
-    the evaluation connection, kept current by reading only the last `overlap_s` of telemetry each cycle.
-    Rows that changed carry the cycle number, so rules look only at devices whose value moved (and at those
-    they track): the work per cycle follows the readings that arrived, not the size of the fleet."""
-
-    def __init__(self, overlap_s: float = 3.0, full_every_s: float = 300.0) -> None:
-        # Each read covers readings stamped since the previous read began, minus overlap_s + ingest's reported
-        # lag; one committed later than that after its own time stamp waits for the next full load.
-        self.overlap_s = overlap_s
-        self.full_every_s = full_every_s
-        self.cycle = 0
-        self._full_at = 0.0
-        self._prev_at: datetime | None = None
-        self._conn: psycopg.Connection | None = None
-        self._metrics: tuple[str, ...] = ()
-
-    def refresh(self, conn: psycopg.Connection, rules: Sequence[Rule]) -> int:
-        watched = [r for r in rules if isinstance(r, ThresholdRule)]
-        metrics = tuple(sorted({r.metric for r in watched}))
-        self.cycle += 1
-        if not metrics:
-            return self.cycle
-        stale = max(r.stale_s for r in watched)
-        full = (self._conn is not conn or metrics != self._metrics
-                or time.monotonic() - self._full_at > self.full_every_s)
-        if full:  # new connection (its temp table is gone) or new metrics: load the whole window
-            conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS {LATEST_TABLE} (device_id text NOT NULL,"
-                         " metric text NOT NULL, value double precision NOT NULL, ts timestamptz NOT NULL,"
-                         " cycle bigint NOT NULL,"
-                         " PRIMARY KEY (metric, device_id))")
-            conn.execute(f"CREATE INDEX IF NOT EXISTS {LATEST_TABLE}_changed ON {LATEST_TABLE} (metric, cycle)")
-            conn.execute(f"TRUNCATE {LATEST_TABLE}")
-        (now,) = conn.execute("SELECT now()").fetchone() or (None,)
-        assert now is not None
-        # Everything stamped since the previous read began, reaching back by the overlap and ingest's lag.
-        reach = timedelta(seconds=self.overlap_s + self._ingest_lag_s(conn))
-        start = now - timedelta(seconds=stale)
-        if not full and self._prev_at is not None:
-            start = max(start, self._prev_at - reach)
-        conn.execute(
-            f"INSERT INTO {LATEST_TABLE} AS l (device_id, metric, value, ts, cycle)"
-            " SELECT DISTINCT ON (t.metric, t.device_id) t.device_id, t.metric, t.value, t.ts, %(cycle)s"
-            " FROM telemetry t WHERE t.metric = ANY(%(metrics)s) AND t.ts > %(start)s"
-            " ORDER BY t.metric, t.device_id, t.ts DESC"
-            " ON CONFLICT (metric, device_id) DO UPDATE SET value = EXCLUDED.value, ts = EXCLUDED.ts,"
-            " cycle = EXCLUDED.cycle WHERE EXCLUDED.ts > l.ts",
-            {"cycle": self.cycle, "metrics": list(metrics), "start": start})
-        if full:
-            conn.execute(f"ANALYZE {LATEST_TABLE}")
-            self._full_at = time.monotonic()
-        conn.commit()
-        self._conn, self._metrics, self._prev_at = conn, metrics, now
-        return self.cycle
-
-
-    @staticmethod
-    def _ingest_lag_s(conn: psycopg.Connection) -> float:
-        """How late ingest commits readings (time stamp to commit) as its processes report it: the window reaches
-        back past that, or a reading committed late would be missed until the next full load."""
-        row = conn.execute("SELECT max(greatest(coalesce(latency_p50_ms, 0), coalesce(lag_ms, 0))) / 1000"
-                           " FROM ingest_instances WHERE updated_at > now() - interval '1 minute'").fetchone()
-        return float(row[0]) if row and row[0] is not None else 0.0
+    refresh_s: float = 0.0  # reading what the threshold rules need
+    rules_s: float = 0.0    # the other rules' queries and every transition
 
 
 class Evaluator:
     def __init__(self, actor: str) -> None:
         self.actor = actor
         self.pending: dict[Key, datetime] = {}
-        self.latest = LatestReadings()
+        self.thresholds = ThresholdReader()
         self._loaded = False
         self._last_run: dict[str, float] = {}
-        self._since: dict[str, int] = {}  # rule -> first cycle of readings it has not seen yet
+        # Threshold rules not due this cycle keep the readings they have not seen yet (newest per device).
+        self._backlog: dict[str, dict[str, Reading]] = {}
 
     def load_state(self, conn: psycopg.Connection) -> None:
         """On becoming active: take over the pending clocks the previous evaluator persisted."""
@@ -123,25 +61,55 @@ class Evaluator:
             conn.commit()
             for k in stale:
                 del self.pending[k]
+        for name in [n for n in self._backlog if n not in names]:
+            del self._backlog[name]
+
+    def _tracked(self, rule: str, active: dict[Key, int]) -> set[str]:
+        return {d for (r, d) in self.pending if r == rule} | {d for (r, d) in active if r == rule}
 
     def cycle(self, conn: psycopg.Connection, rules: Sequence[Rule]) -> CycleResult:
         if not self._loaded:
             self.load_state(conn)
         out = CycleResult()
         t0 = time.perf_counter()
-        cycle = self.latest.refresh(conn, rules)
-        out.refresh_s = time.perf_counter() - t0
+        (now,) = conn.execute("SELECT now()").fetchone() or (None,)
+        assert now is not None
         active = {(r, d): i for i, r, d in conn.execute(
             "SELECT id, rule, device_id FROM alarms WHERE cleared_at IS NULL").fetchall()}
-        conn.commit()
-        now = time.monotonic()
+        tracked = {r.name: self._tracked(r.name, active) for r in rules}
+        watched = [r for r in rules if isinstance(r, ThresholdRule)]
+        read_ok = True
+        try:
+            readings = self.thresholds.read(conn, watched, now,
+                                            ((r.metric, d) for r in watched for d in tracked[r.name]))
+        except psycopg.errors.Error as e:
+            if conn.closed or conn.broken:
+                raise
+            conn.rollback()
+            out.errors.append(f"threshold readings: {type(e).__name__}: {e}".strip())
+            log.error("%s", out.errors[-1])
+            read_ok, readings = False, {}
+        for r in watched:
+            seen = self._backlog.setdefault(r.name, {})
+            for reading in readings.get(r.metric, ()):
+                seen[reading.device_id] = reading
+        out.refresh_s = time.perf_counter() - t0
+        mono = time.monotonic()
         for rule in rules:
-            if rule.every_s and now - self._last_run.get(rule.name, -1e18) < rule.every_s:
+            if isinstance(rule, ThresholdRule) and not read_ok:
+                continue  # its readings could not be read this cycle
+            if rule.every_s and mono - self._last_run.get(rule.name, -1e18) < rule.every_s:
                 continue
-            self._last_run[rule.name] = now
+            self._last_run[rule.name] = mono
             try:
-                self._rule(conn, rule, active, out)
-                self._since[rule.name] = cycle + 1
+                if isinstance(rule, ThresholdRule):
+                    rows = threshold_rows(rule, self._backlog.pop(rule.name, {}).values(), now, tracked[rule.name])
+                else:
+                    sql, params = rule.query()
+                    # Never a prepared (generic) plan: the selector decides the plan.
+                    rows = conn.execute(sql, {**params, "tracked": sorted(tracked[rule.name])},
+                                        prepare=False).fetchall()
+                self._apply(conn, rule, rows, active, now, out)
             except psycopg.errors.Error as e:
                 if conn.closed or conn.broken:
                     raise
@@ -154,15 +122,10 @@ class Evaluator:
         out.pending = len(self.pending)
         return out
 
-    def _rule(self, conn: psycopg.Connection, rule: Rule, active: dict[Key, int], out: CycleResult) -> None:
-        tracked = sorted({d for (r, d) in self.pending if r == rule.name} | {d for (r, d) in active if r == rule.name})
-        sql, params = rule.query()
+    def _apply(self, conn: psycopg.Connection, rule: Rule, rows: Sequence[Row], active: dict[Key, int],
+               now: datetime, out: CycleResult) -> None:
+        """Pending clocks, raises and clears from the rule's rows (device, site, value, value_ts, cond, clr)."""
         with conn.cursor() as cur:
-            # Never a prepared (generic) plan: the selector and the changed-since cycle decide the plan.
-            rows = cur.execute(sql, {**params, "tracked": tracked, "since": self._since.get(rule.name, 0)},
-                               prepare=False).fetchall()
-            (now,) = cur.execute("SELECT now()").fetchone() or (None,)
-            assert now is not None
             seen: set[str] = set()
             start: list[tuple[str, str, datetime, float | None]] = []
             stop: list[str] = []

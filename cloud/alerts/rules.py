@@ -56,6 +56,12 @@ class Selector(BaseModel):
         return " AND ".join(where), {"sel_profiles": self.profiles, "sel_sites": self.sites,
                                      "sel_tags": self.tags, "sel_devices": self.devices}
 
+    def matches(self, device_id: str, site: str, profile: str, tags: frozenset[str]) -> bool:
+        """The same test as sql(), for devices already read (threshold rules are evaluated in Python)."""
+        return ((not self.profiles or profile in self.profiles) and (not self.sites or site in self.sites)
+                and (not self.tags or not tags.isdisjoint(self.tags))
+                and (not self.devices or device_id in self.devices))
+
 
 class _Rule(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -73,27 +79,24 @@ class _Rule(BaseModel):
 
     def query(self) -> tuple[str, dict[str, Any]]:
         """SQL yielding (device_id, site, value, value_ts, cond, clr) for every selected device whose
-        condition holds, whose clear condition does not, or which is in %(tracked)s (pending or alarmed)."""
+        condition holds or which is in %(tracked)s (pending or alarmed): for any other device neither value
+        changes anything (a device in the hysteresis band that is not alarmed stays as it is)."""
         raise NotImplementedError
 
     def _wrap(self, body: str, params: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         sel, sel_params = self.select.sql()
         sql = (f"WITH sel AS (SELECT d.device_id, d.site FROM devices d WHERE {sel}), v AS ({body}) "
                "SELECT device_id, site, value, value_ts, cond, clr FROM v "
-               "WHERE cond OR NOT clr OR device_id = ANY(%(tracked)s)")
+               "WHERE cond OR device_id = ANY(%(tracked)s)")
         return sql, {**sel_params, **params}
-
-
-LATEST_TABLE = "alert_latest"  # the evaluator's session table of each device's latest reading (evaluator.py)
 
 
 class ThresholdRule(_Rule):
     """The latest reading of a metric beyond a value (PM2.5 > 50 µg/m³ for 15 min, congestion >= 3 for
     5 min). Clears once the reading is back past the threshold by `hysteresis`.
 
-    Reads the evaluator's table of latest readings, and only the devices whose reading changed since the
-    rule last ran (cycle >= %(since)s) or that it tracks: a device whose value did not change cannot change
-    state. A rule's first run (since = 0) sees every device."""
+    The evaluator reads the readings of all threshold rules at once and tests them in Python
+    (cloud/alerts/thresholds.py); query() is the same test in SQL, for `ioc alerts test --db`."""
 
     kind: Literal["threshold"]
     metric: str
@@ -106,16 +109,13 @@ class ThresholdRule(_Rule):
         upward = self.op in (">", ">=")
         clr = "l.value <= %(clear_at)s" if upward else "l.value >= %(clear_at)s"
         cond = f"l.value {self.op} %(threshold)s"
-        sel, sel_params = self.select.sql()
-        # The value test comes before the join, so only hot or tracked readings meet the devices table.
-        sql = (f"SELECT d.device_id, d.site, l.value, l.ts AS value_ts, {cond} AS cond, {clr} AS clr"
-               f" FROM {LATEST_TABLE} l JOIN devices d ON d.device_id = l.device_id"
-               " WHERE l.metric = %(metric)s AND l.ts > now() - %(stale)s * interval '1 second'"
-               f" AND ((l.cycle >= %(since)s AND ({cond} OR NOT {clr})) OR l.device_id = ANY(%(tracked)s))"
-               f" AND {sel}")
+        body = (f"SELECT sel.device_id, sel.site, l.value, l.ts AS value_ts, {cond} AS cond, {clr} AS clr"
+                " FROM sel CROSS JOIN LATERAL (SELECT t.value, t.ts FROM telemetry t"
+                " WHERE t.device_id = sel.device_id AND t.metric = %(metric)s"
+                " AND t.ts > now() - %(stale)s * interval '1 second' ORDER BY t.ts DESC LIMIT 1) l")
         clear_at = self.value - self.hysteresis if upward else self.value + self.hysteresis
-        return sql, {**sel_params, "metric": self.metric, "threshold": self.value, "clear_at": clear_at,
-                     "stale": self.stale_s}
+        return self._wrap(body, {"metric": self.metric, "threshold": self.value, "clear_at": clear_at,
+                                 "stale": self.stale_s})
 
 
 class RateOfChangeRule(_Rule):
@@ -199,7 +199,7 @@ class SilentRule(_Rule):
                f" {seen} AS value_ts, now() - {seen} > %(limit)s * interval '1 second' AS cond,"
                f" now() - {seen} <= %(heartbeat)s * interval '1 second' AS clr"
                f" FROM devices d LEFT JOIN device_status st ON st.device_id = d.device_id WHERE {sel}) v"
-               " WHERE cond OR NOT clr OR device_id = ANY(%(tracked)s)")
+               " WHERE cond OR device_id = ANY(%(tracked)s)")
         return sql, {**sel_params, "limit": self.heartbeats * self.heartbeat_s, "heartbeat": self.heartbeat_s}
 
 

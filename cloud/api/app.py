@@ -25,7 +25,9 @@ from cloud.api.credentials import BrokerAuth
 from cloud.api.deps import TokenCache
 from cloud.api.models import ERRORS
 from cloud.api.routes import admin, certificates, config, data, devices
+from cloud.api.routes import alarms as alarm_routes
 from cloud.api.routes import commands as command_routes
+from cloud.api.routes import report as report_routes
 from cloud.api.settings import ApiSettings
 
 log = logging.getLogger(__name__)
@@ -81,6 +83,8 @@ def create_app(settings: ApiSettings) -> FastAPI:
     app.state.tokens = TokenCache(settings.token_cache_s)
     for r in (devices.router, config.router, command_routes.router, data.router, admin.router, certificates.router):
         app.include_router(r, responses=ERRORS)
+    app.include_router(alarm_routes.router, responses=ERRORS)
+    app.include_router(report_routes.router, responses=ERRORS)
 
     @app.get("/health", tags=["health"])
     async def health(request: Request) -> JSONResponse:

@@ -6,11 +6,12 @@ inference_ms, dropped_frames) rides on the agent's heartbeat, and it answers the
 `snapshot` command -- the only way an image leaves the box:
 
     cmd/v1/{device_id}/snapshot   {"quality": 85}   (arguments optional)
-    -> CommandReply.result = {"jpeg_b64": "<base64 of one JPEG>", "width": 640, "height": 360,
+    -> CommandReply.result = {"jpeg_b64": "<base64 of one JPEG>", "width": 320, "height": 180,
                               "frame_ts": <epoch ms of the frame>, "redacted": <regions pixelated>,
                               "model_id": "yolov3-tiny-coco@320"}
 
-The JPEG is the newest analysed frame with people and number plates pixelated (`snapshot.py`); it is
+The JPEG is the newest analysed frame shrunk to 320 px on its long side, with every detection and
+every moving region pixelated (`snapshot.py`: privacy that holds where the detector misses); it is
 base64 inside the usual JSON reply so the reply topic carries one format for every command.
 """
 
@@ -32,7 +33,7 @@ from edge.camera.backends import build_detector
 from edge.camera.config import CameraConfig
 from edge.camera.detector import Detector
 from edge.camera.pipeline import SNAPSHOT_CONF, CameraPipeline, RunSummary
-from edge.camera.snapshot import redaction_boxes, snapshot_jpeg
+from edge.camera.snapshot import redaction_boxes, snapshot_jpeg, snapshot_size
 from edge.remote import CommandError
 from edge.source import CommandHandler, Sink, Source
 
@@ -164,16 +165,16 @@ class CameraSource(Source):
         frame = self.pipeline.last_frame
         if frame is None:
             raise CommandError("no frame analysed yet")
-        image = frame.image
+        image, moving = frame.image, self.pipeline.last_motion
         detections = self.pipeline.detector.detect(image, conf=SNAPSHOT_CONF)
-        jpeg = snapshot_jpeg(image, detections, quality)
-        height, width = image.shape[:2]
+        jpeg = snapshot_jpeg(image, detections, quality, moving=moving)
+        height, width = snapshot_size(*image.shape[:2])
         log.info("snapshot of frame %d sent (%d bytes)", frame.index, len(jpeg))
         return {
             "jpeg_b64": base64.b64encode(jpeg).decode("ascii"),
             "width": width,
             "height": height,
             "frame_ts": frame.epoch_ms,
-            "redacted": len(redaction_boxes(detections, height, width)),
+            "redacted": len(redaction_boxes(detections, image.shape[0], image.shape[1], moving=moving)),
             "model_id": self.pipeline.model_id,
         }

@@ -3,6 +3,7 @@
     ioc edge camera --config edge/camera/sample-camera-device.yaml      # the box: agent + camera
     ioc edge camera --config edge/camera/sample-camera.yaml --dry-run   # print what would leave
     ioc edge snapshot --config edge/camera/sample-camera.yaml -o snap.jpg
+    ioc edge camera preview --config edge/camera/sample-camera.yaml --out preview.png
 
 `--config` is a device YAML with a `camera:` key (see `edge.camera.box`) or, for --dry-run and
 snapshot, a camera YAML alone. Imports are cheap here: OpenCV, onnxruntime and the model load only
@@ -63,9 +64,22 @@ def _invalid(path: Path, exc: Exception) -> typer.Exit:
     return typer.Exit(2)
 
 
-@app.command("camera")
-def run_camera(
-    config: ConfigOpt,
+camera_app = typer.Typer(
+    help="Run the camera box (with --config), or `preview` its lines, zones and ground points.",
+    invoke_without_command=True,
+)
+app.add_typer(camera_app, name="camera")
+
+
+@camera_app.callback()
+def camera_main(
+    ctx: typer.Context,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config", "-c", exists=True, dir_okay=False, help="device YAML with `camera:` (or a camera YAML)"
+        ),
+    ] = None,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="no agent, no MQTT: print counts, metrics, events, health here")
     ] = False,
@@ -73,6 +87,16 @@ def run_camera(
     log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING")] = "INFO",
 ) -> None:
     """Run the camera box: the pipeline feeds the edge agent (one session, one outbox, one heartbeat)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    if config is None:
+        typer.echo("missing --config: ioc edge camera --config camera-device.yaml", err=True)
+        raise typer.Exit(2)
+    run_camera(config, dry_run, max_seconds, log_level)
+
+
+def run_camera(config: Path, dry_run: bool = False, max_seconds: float | None = None, log_level: str = "INFO") -> None:
+    """Run the camera box from `config` (see `camera_main`)."""
     logging.basicConfig(level=log_level.upper(), format=LOG_FORMAT)
     if dry_run:
         try:
@@ -89,6 +113,35 @@ def run_camera(
         )
         raise typer.Exit(2)
     _run_box(config, max_seconds)
+
+
+@camera_app.command("preview")
+def preview_cmd(
+    config: ConfigOpt,
+    output: Annotated[Path, typer.Option("--out", "-o", help="where to write the PNG")] = Path("preview.png"),
+) -> None:
+    """Draw lines (with in/out arrows), zones and ground points on a frame; fail if a point is outside it."""
+    import cv2
+
+    from edge.camera import preview
+    from edge.camera.pipeline import read_with_motion
+
+    try:
+        camera = _camera_config(config)
+        frame, moving = read_with_motion(camera)
+    except (ValueError, OSError, RuntimeError) as exc:
+        raise _invalid(config, exc) from None
+    height, width = frame.shape[:2]
+    outside = preview.points_outside(camera, width, height)
+    if not cv2.imwrite(str(output), preview.draw(camera, frame, moving)):
+        typer.echo(f"cannot write {output}", err=True)
+        raise typer.Exit(1)
+    for message in outside:
+        typer.echo(f"error: {message}", err=True)
+    if outside:
+        typer.echo(f"wrote {output}; {len(outside)} point(s) outside the image: fix {config}", err=True)
+        raise typer.Exit(1)
+    console.print(f"wrote {output} ({width}x{height}; every point inside the image)")
 
 
 def _run_box(path: Path, max_seconds: float | None) -> None:
@@ -155,7 +208,7 @@ def snapshot_cmd(
 @models_app.command("prepare")
 def models_prepare(
     model: Annotated[str, typer.Option(help="registered model id")] = OnnxModelConfig().id,
-    input_size: Annotated[int, typer.Option(help="square detector input, multiple of 32")] = 320,
+    input_size: Annotated[int, typer.Option(help="square detector input, multiple of 32")] = 416,
     force: Annotated[bool, typer.Option(help="convert again even if cached")] = False,
 ) -> None:
     """Verify the source weights' checksums and convert them to ONNX in models/cache."""

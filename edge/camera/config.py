@@ -43,7 +43,9 @@ class OnnxModelConfig(_Cfg):
     path: Path | None = Field(
         default=None, description="explicit ONNX file (YOLOv3-tiny, YOLOv8 or YOLO11 head)"
     )
-    input_size: int = Field(default=320, ge=64, le=1280, multiple_of=32, description="square detector input")
+    input_size: int = Field(
+        default=416, ge=64, le=1280, multiple_of=32, description="square detector input (models/yolov3-tiny-coco.md)"
+    )
     conf: float = Field(default=0.25, gt=0, lt=1, description="minimum detection score")
     iou: float = Field(default=0.45, gt=0, lt=1, description="NMS overlap threshold")
     threads: int = Field(default=2, ge=1, le=64, description="onnxruntime intra-op threads")

@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 
 PIXEL_STOPPED = 0.1 * 3.6  # without a ground plane: under 0.1 box heights per second is "stopped"
 SNAPSHOT_CONF = 0.15  # redact on weaker evidence than we count on
+SNAPSHOT_FRAMES = 15  # frames read for a snapshot: what moved in them is redacted
 
 
 @dataclass
@@ -89,6 +90,7 @@ class CameraPipeline:
         self.totals: Counter[tuple[str, str, str]] = Counter()
         self.last_tracked = sv.Detections.empty()
         self.last_frame: Frame | None = None  # the newest analysed frame (for the snapshot command)
+        self.last_motion = np.zeros((0, 4), np.float32)  # the gate's moving blobs in that frame
         self._speed_window: deque[tuple[float, float]] = deque()
         self._moved_in_interval = False  # a metrics interval the camera moved in reports nothing
         self._last_detect_t = -np.inf
@@ -104,6 +106,7 @@ class CameraPipeline:
     # -- one frame -------------------------------------------------------------------------------
     def _detect(self, frame: Frame) -> tuple[sv.Detections | None, float | None]:
         decision = self.gate.decide(frame.image, frame.t)
+        self.last_motion = decision.boxes
         if not decision.run:
             return None, None
         if decision.reason in ("motion", "full_motion") and self._motion_is_tracked(decision.boxes, frame.t):
@@ -225,15 +228,9 @@ class CameraPipeline:
         stopped = np.zeros(n, bool)
         if world is not None:
             kmh = self.speed.update(frame.t, ids, world)
-            vehicle = {
-                int(t): kmh[int(t)]
-                for t, c in zip(ids, names, strict=True)
-                if c in VEHICLES and int(t) in kmh
-            }
+            vehicle = {int(t): kmh[int(t)] for t, c in zip(ids, names, strict=True) if c in VEHICLES and int(t) in kmh}
             self.tally.add(vehicle)
-            stopped = np.array(
-                [kmh.get(int(t), np.inf) < self.config.congestion.stopped_kmh for t in ids], bool
-            )
+            stopped = np.array([kmh.get(int(t), np.inf) < self.config.congestion.stopped_kmh for t in ids], bool)
             if vehicle and frame.t >= self._next_congestion_t:
                 self._speed_window.append((frame.t, float(np.mean(list(vehicle.values())))))
         else:
@@ -269,9 +266,7 @@ class CameraPipeline:
 
     def _event(self, frame: Frame, kind: str, severity: str, details: dict[str, object]) -> Event:
         payload = {"camera": self.config.camera_id, **details}
-        return Event.model_validate(
-            {"ts": frame.epoch_ms, "kind": kind, "severity": severity, "details": payload}
-        )
+        return Event.model_validate({"ts": frame.epoch_ms, "kind": kind, "severity": severity, "details": payload})
 
     # -- intervals -------------------------------------------------------------------------------
     def _close_intervals(self, epoch_ms: int, result: FrameResult, final: bool = False) -> None:
@@ -347,9 +342,7 @@ class CameraPipeline:
         summary.wall_s = time.monotonic() - started
         summary.dropped_frames = self.source.stats.dropped
         summary.totals = self.totals
-        log.info(
-            "camera %s done: %d frames, totals %s", self.config.camera_id, summary.frames, dict(self.totals)
-        )
+        log.info("camera %s done: %d frames, totals %s", self.config.camera_id, summary.frames, dict(self.totals))
         return summary
 
     def health_sample(self, fps: float, inference_ms: list[float]) -> MetricSample:
@@ -359,16 +352,34 @@ class CameraPipeline:
         return MetricSample(ts=now_ms(), values=values)
 
     def snapshot(self, image: np.ndarray | None = None) -> bytes:
-        """One redacted JPEG of `image`, or of a fresh frame from the source."""
+        """One redacted JPEG of `image`, or of a fresh frame from the source: the source is read for
+        `SNAPSHOT_FRAMES` frames so that whatever moves in them is redacted too."""
+        moving = np.zeros((0, 4), np.float32)
         if image is None:
-            cap = open_capture(resolve_uri(self.config.source.uri))
-            ok, image = cap.read()
-            cap.release()
+            image, moving = read_with_motion(self.config)
+        return snapshot_jpeg(image, self.detector.detect(image, conf=SNAPSHOT_CONF), moving=moving)
+
+
+def read_with_motion(config: CameraConfig, frames: int = SNAPSHOT_FRAMES) -> tuple[np.ndarray, np.ndarray]:
+    """The last of `frames` frames read from the source, and every blob [N,4] the motion gate saw move
+    in them (frame pixels)."""
+    gate = MotionGate(config.motion.model_copy(update={"enabled": True}), config.model.input_size)
+    cap = open_capture(resolve_uri(config.source.uri))
+    image, blobs = None, [np.zeros((0, 4), np.float32)]
+    try:
+        for _ in range(frames):
+            ok, frame = cap.read()
             if not ok:
-                raise RuntimeError(f"no frame from {self.config.source.uri!r}")
-        return snapshot_jpeg(image, self.detector.detect(image, conf=SNAPSHOT_CONF))
+                break
+            image = frame
+            blobs.append(gate.boxes(frame))
+    finally:
+        cap.release()
+    if image is None:
+        raise RuntimeError(f"no frame from {config.source.uri!r}")
+    return image, np.concatenate(blobs)
 
 
 def snapshot(config: CameraConfig, image: np.ndarray | None = None) -> bytes:
-    """The technician's snapshot: one JPEG with people and plates pixelated."""
+    """The technician's snapshot: one small JPEG with every detection and moving region pixelated."""
     return CameraPipeline(config).snapshot(image)

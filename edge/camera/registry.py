@@ -108,7 +108,7 @@ def onnx_path(model_id: str, input_size: int) -> Path:
     return cache_dir() / f"{model_id}-{input_size}-c{CONVERTER_VERSION}.onnx"
 
 
-def prepare(model_id: str = DEFAULT_MODEL, input_size: int = 320, force: bool = False) -> Path:
+def prepare(model_id: str = DEFAULT_MODEL, input_size: int = 416, force: bool = False) -> Path:
     """The cached ONNX for this model and input size, converting (once) from verified sources."""
     target = onnx_path(model_id, input_size)
     if target.is_file() and not force:

@@ -30,6 +30,7 @@ import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
 _MACRO = re.compile(r"\$([_a-zA-Z0-9]+)\(([^\)]*)\)")
 # template_srv.ts: $var | [[var(:fmt)]] | ${var(.field)(:fmt)}
@@ -187,3 +188,19 @@ def interpolate(sql: str, *, frm: datetime, to: datetime, interval: timedelta, t
     sql = substitute_variables(sql, variables or {})
     sql = global_substitutions(sql, frm, to, interval)
     return expand_macros(sql, frm, to, timescaledb)
+
+
+def resolve_variables(conn: Any, dashboard: dict[str, Any], frm: datetime, to: datetime, interval: timedelta,
+                      timescaledb: bool, pinned: dict[str, list[str]]) -> dict[str, Variable]:
+    """Resolve a dashboard's variables in its order, as the browser does: each runs its own query (on `conn`,
+    a psycopg connection) with the ones before it; pinned ones take the given values."""
+    variables: dict[str, Variable] = {}
+    for var in dashboard.get("templating", {}).get("list", []):
+        if var["name"] in pinned:
+            values = pinned[var["name"]]
+        else:
+            sql = interpolate(var["query"], frm=frm, to=to, interval=interval, timescaledb=timescaledb,
+                              variables=variables)
+            values = [r[0] for r in conn.execute(sql).fetchall()]
+        variables[var["name"]] = Variable(values, multi=True, include_all=True)
+    return variables

@@ -19,7 +19,7 @@ from typing import Any
 import psycopg
 import pytest
 import yaml
-from grafana_macros import MacroError, Variable, expand_macros, format_interval, interpolate
+from grafana_macros import MacroError, Variable, expand_macros, format_interval, interpolate, resolve_variables
 from support import wait_until
 
 from cloud.alerts.aqi import band_for, hourly_aqi
@@ -161,6 +161,9 @@ def seed(stack: Stack) -> Iterator[Seed]:
             cur.execute(_SEED["dead_letters"], (f"tlm/v1/{s.site}/{s.env}/env", s.env, reason, b"{x}"))
             cur.execute(_SEED["ingest_instances"], (s.instance,))
             cur.execute("UPDATE devices SET lat = 21.03, lon = 105.85 WHERE device_id = %s", (s.env,))
+            cur.execute("UPDATE devices SET firmware = '1.2.3' WHERE device_id = %s", (s.cam,))  # it reports 0.9.0
+            cur.execute("INSERT INTO broker_credentials (username, device_id, role, password_hash, created_at)"
+                        " VALUES (%s, %s, 'device', 'not-a-hash', now() - interval '100 days')", (s.env, s.env))
             cur.execute("INSERT INTO sites (site, name, lat, lon, noise_zone, water_warning_m, water_alarm_m,"
                         " water_danger_m) VALUES (%s, 'Seeded site', 21.02, 105.84, 'special', 2.0, 2.5, 3.0)",
                         (s.site,))
@@ -252,29 +255,13 @@ class Result:
         return [float(r[2]) for r in self.rows if r[1] == metric]
 
 
-def resolve_variables(conn: psycopg.Connection, path: Path, frm: datetime, to: datetime, interval: timedelta,
-                      timescaledb: bool, pinned: dict[str, list[str]]) -> dict[str, Variable]:
-    """Resolve the dashboard's variables in its order, as the browser does: each runs its own query with the
-    ones before it (pinned ones take the given values)."""
-    variables: dict[str, Variable] = {}
-    for var in _load(path)["templating"]["list"]:
-        if var["name"] in pinned:
-            values = pinned[var["name"]]
-        else:
-            sql = interpolate(var["query"], frm=frm, to=to, interval=interval, timescaledb=timescaledb,
-                              variables=variables)
-            values = [r[0] for r in conn.execute(sql).fetchall()]
-        variables[var["name"]] = Variable(values, multi=True, include_all=True)
-    return variables
-
-
 def _variables(conn: psycopg.Connection, sc: Scenario, s: Seed, path: Path, frm: datetime,
                to: datetime) -> dict[str, Variable]:
     names = [v["name"] for v in _load(path)["templating"]["list"]]
     if sc.selection == "none":
         return {name: Variable([], multi=True, include_all=True) for name in names}
     pinned = {} if sc.selection == "all" else {"site": [s.site]}
-    return resolve_variables(conn, path, frm, to, sc.interval, sc.timescaledb, pinned)
+    return resolve_variables(conn, _load(path), frm, to, sc.interval, sc.timescaledb, pinned)
 
 
 def run(conn: psycopg.Connection, q: PanelQuery, sc: Scenario, s: Seed) -> Result:
@@ -407,6 +394,18 @@ def _time_to_ack(r: Result, s: Seed) -> None:
     assert (median, p90, unacked) == (pytest.approx(60.0), pytest.approx(60.0), 0), r
 
 
+def _firmware(r: Result, s: Seed) -> None:
+    assert sorted(r.rows) == [("0.9.0", "traffic-camera", 1, 0, 1), ("1.2.3", "env-gateway", 1, 1, 0)], r
+
+
+def _credential_age(r: Result, s: Seed) -> None:
+    rows = [dict(zip(r.columns, row, strict=True)) for row in r.rows if row[1] == s.env]
+    assert [(c["kind"], c["device"], c["age (days)"], c["days to rotation"]) for c in rows] == [
+        ("broker", s.env, 100, -10)], r
+    assert r.rows[0][-1] <= -10, "the most overdue credentials come first"
+    assert "password_hash" not in r.columns
+
+
 def _class_totals(r: Result, s: Seed) -> None:
     assert dict(r.rows) == s.class_totals, r
 
@@ -455,6 +454,8 @@ EXPECT: dict[str, Check] = {
     "Fleet health / Ingest latency": _contains("instance", lambda s: s.instance),
     "Fleet health / Ingest instances": _contains("instance", lambda s: s.instance),
     "Fleet health / Device events": _contains("kind", lambda s: "door_open"),
+    "Fleet health / Firmware versions": _firmware,
+    "Fleet health / Credentials by age (rotation due after 90 days)": _credential_age,
 }
 
 
@@ -520,7 +521,7 @@ def test_variable_queries_run(path: Path, seed: Seed, grafana_conn: psycopg.Conn
         interpolate(_load(path)["templating"]["list"][0]["query"], frm=now - timedelta(hours=6), to=now,
                     interval=timedelta(minutes=1), timescaledb=False)).fetchall()]
     assert seed.site in sites
-    variables = resolve_variables(grafana_conn, path, now - timedelta(hours=6), now, timedelta(minutes=1), False,
+    variables = resolve_variables(grafana_conn, _load(path), now - timedelta(hours=6), now, timedelta(minutes=1), False,
                                   {"site": [seed.site]})
     for name, var in variables.items():
         assert var.value, f"{path.name}: variable {name} returned nothing"

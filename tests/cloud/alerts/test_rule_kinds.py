@@ -6,14 +6,18 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import psycopg
 import pytest
+import yaml
 from alerts_support import refresh_aggregates
+from typer.testing import CliRunner
 
 from cloud.alerts.evaluator import Evaluator
 from cloud.alerts.rules import RuleFile
 from cloud.db.devices import register_devices
+from ioc.cli import app
 from ioc.stack import Stack
 
 
@@ -111,3 +115,51 @@ def test_aqi_band_rule_reads_the_hourly_vn_aqi(stack: Stack, conn: psycopg.Conne
     assert _alarmed(conn, rule.name) == {smoky}
     value = conn.execute("SELECT value FROM alarms WHERE rule = %s", (rule.name,)).fetchone()
     assert value == (179.0,)
+
+
+def test_threshold_rules_read_incrementally_see_only_the_latest_reading_and_clear_past_hysteresis(
+        conn: psycopg.Connection) -> None:
+    """Cycle after cycle (the incremental read, not the first full one): a device whose hot reading is
+    followed by a normal one stays quiet, a device that goes hot alarms, a falling rule works the other way,
+    and the alarmed device clears only once past the hysteresis."""
+    site, (spike, hot, low) = _devices(conn, 3)
+    now = datetime.now(UTC)
+    _tlm(conn, [(now - timedelta(seconds=5), d, "pm25", 20.0) for d in (spike, hot)]
+         + [(now - timedelta(seconds=5), low, "humidity", 60.0)])
+    high = _rule(kind="threshold", select={"sites": [site]}, metric="pm25", op=">", value=50, hysteresis=10)
+    dry = _rule(kind="threshold", select={"sites": [site]}, metric="humidity", op="<", value=30, hysteresis=5)
+    ev = Evaluator("test")
+    ev.cycle(conn, [high, dry])
+    assert ev.thresholds.last_full
+    assert _alarmed(conn, high.name) == set()
+    now = datetime.now(UTC)
+    _tlm(conn, [(now - timedelta(seconds=2), spike, "pm25", 90.0), (now - timedelta(seconds=1), spike, "pm25", 25.0),
+                (now - timedelta(seconds=1), hot, "pm25", 80.0), (now - timedelta(seconds=1), low, "humidity", 20.0)])
+    ev.cycle(conn, [high, dry])
+    assert not ev.thresholds.last_full
+    assert _alarmed(conn, high.name) == {hot}
+    assert _alarmed(conn, dry.name) == {low}
+    _tlm(conn, [(datetime.now(UTC), hot, "pm25", 45.0), (datetime.now(UTC), low, "humidity", 33.0)])
+    ev.cycle(conn, [high, dry])  # inside the hysteresis band: still alarmed
+    assert _alarmed(conn, high.name) == {hot}
+    assert _alarmed(conn, dry.name) == {low}
+    _tlm(conn, [(datetime.now(UTC), hot, "pm25", 39.0), (datetime.now(UTC), low, "humidity", 36.0)])
+    ev.cycle(conn, [high, dry])
+    assert not ev.thresholds.last_full
+    assert _alarmed(conn, high.name) == set()
+    assert _alarmed(conn, dry.name) == set()
+
+
+def test_alerts_test_db_shows_the_devices_each_rule_matches_now(
+        stack: Stack, conn: psycopg.Connection, tmp_path: Path) -> None:
+    site, (hot, cool) = _devices(conn, 2)
+    now = datetime.now(UTC)
+    _tlm(conn, [(now, hot, "pm25", 80.0), (now, cool, "pm25", 20.0)])
+    rule = {"name": f"k-{uuid.uuid4().hex[:6]}", "kind": "threshold", "severity": "major", "metric": "pm25",
+            "op": ">", "value": 50, "select": {"sites": [site]}}
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump({"rules": [rule]}))
+    res = CliRunner().invoke(app, ["alerts", "test", "--rules", str(tmp_path), "--db", "--dsn", stack.dsn],
+                             env={"COLUMNS": "250"})
+    assert res.exit_code == 0, res.output
+    assert f"1: {hot}" in res.output
+    assert cool not in res.output
