@@ -70,6 +70,11 @@ def rules(n: int) -> list[dict]:
     return out
 
 
+def _login_env(stack: Stack, service: str) -> dict[str, str]:
+    creds = stack.credentials(service)
+    return {"IOC_MQTT_USERNAME": creds[0], "IOC_MQTT_PASSWORD": creds[1]} if creds else {}
+
+
 class Watcher:
     """Arrival time of each alarm notification, by device."""
 
