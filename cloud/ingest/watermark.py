@@ -11,6 +11,7 @@ other's messages. State is per device and bounded: `MAX_BOOTS` boots, `MAX_RANGE
 from __future__ import annotations
 
 import json
+import logging
 import re
 import threading
 import time
@@ -20,6 +21,8 @@ from dataclasses import dataclass, field
 from contract import topics
 from contract.messages import now_ms
 from contract.watermark import MAX_BOOTS, MAX_RANGES, BootAck, Watermark
+
+log = logging.getLogger(__name__)
 
 _BOOT = re.compile(rb'"boot_id"\s*:\s*"([^"\\]{1,64})"')
 _SEQ = re.compile(rb'"seq"\s*:\s*(\d{1,19})\s*[,}]')
@@ -155,5 +158,11 @@ class WatermarkTracker:
                     d.dirty, d.published = False, now
                     out.extend((dev, boots) for boots in d.messages())
         stamp = now_ms()
-        return [(topics.watermark(dev), Watermark(device_id=dev, ts=stamp, instance=self._instance, boots=boots)
-                 .model_dump_json(exclude_none=True).encode()) for dev, boots in out]
+        messages = []
+        for dev, boots in out:
+            try:  # a dead-lettered message may name a device the contract cannot address (id too long, ...)
+                wm = Watermark(device_id=dev, ts=stamp, instance=self._instance, boots=boots)
+                messages.append((topics.watermark(dev), wm.model_dump_json(exclude_none=True).encode()))
+            except ValueError as e:  # that device alone gets none; every other one still does
+                log.debug("no watermark for %r: %s", dev[:80], e)
+        return messages

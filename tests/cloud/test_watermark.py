@@ -79,6 +79,12 @@ def test_watermarks_are_coalesced_per_device_and_rate_bounded() -> None:
     assert [b.boot_id for b in Watermark.model_validate_json(payload).boots] == ["b2", "b"]
 
 
+def test_a_device_the_contract_cannot_address_costs_no_one_else_their_watermark() -> None:
+    t = WatermarkTracker("i1", min_interval_s=0.0)
+    t.committed([("x" * 200, ("b", 1)), ("d1", ("b", 1))])  # a dead-lettered message of an over-long id
+    assert [tp for tp, _ in t.due()] == [topics.watermark("d1")]
+
+
 class _AckWatcher:
     """Subscribes to a device's watermark topic; on every watermark, records which claimed seqs the
     database did not have at that moment."""
