@@ -22,6 +22,7 @@ from ioc.stack import broker_auth as ba
 from ioc.stack import tls
 
 log = logging.getLogger(__name__)
+TRAILING_RELOAD_S = 1.0
 
 
 class BrokerAuth:
@@ -29,6 +30,7 @@ class BrokerAuth:
         """ca_dir: the CA that signs device certificates; its CRL is rendered with the password file."""
         self.auth_dir, self.pid_file, self.ca_dir = auth_dir, pid_file, ca_dir
         self._lock = asyncio.Lock()
+        self._trailing: asyncio.TimerHandle | None = None
 
     async def issue(self, conn: AsyncConnection, device_ids: list[str]) -> dict[str, str]:
         """New passwords (replacing any) for these devices, in the caller's transaction; returns them once."""
@@ -70,8 +72,26 @@ class BrokerAuth:
             pid = self._broker_pid()
             if pid is not None:
                 ba.reload(pid)
+                self._reload_again_later()
             else:
                 log.warning("broker pid unknown (%s): credential files written, broker not reloaded", self.pid_file)
+
+    def _reload_again_later(self) -> None:
+        """Mosquitto clears its reload flag after a reload: a SIGHUP that lands while it re-reads the files is
+        lost, and a change written meanwhile would wait for the next one (seen: a rotated-out password still
+        accepted 30 s later). One trailing reload, a moment after the last change, closes that gap."""
+        if self._trailing is not None:
+            self._trailing.cancel()
+        self._trailing = asyncio.get_running_loop().call_later(TRAILING_RELOAD_S, self._reload_now)
+
+    def _reload_now(self) -> None:
+        self._trailing = None
+        pid = self._broker_pid()
+        if pid is not None:
+            try:
+                ba.reload(pid)
+            except OSError as e:  # the broker went away meanwhile: the next change reloads it
+                log.warning("trailing broker reload failed: %s", e)
 
     def _broker_pid(self) -> int | None:
         if self.pid_file is None or not self.pid_file.exists():
