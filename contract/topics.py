@@ -6,6 +6,7 @@ The device id always sits at a fixed level so a broker ACL can pin it to the cli
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 _SEGMENT_FORBIDDEN = set("/+#\x00")
 
@@ -77,8 +78,9 @@ STATE_FILTER = "state/v1/+"
 CONFIG_REPORTED_FILTER = "cfg/v1/+/reported"
 
 
+@lru_cache(maxsize=65_536)  # ingest sees the same few topics per device over and over: parse each once
 def parse(topic: str) -> Topic:
-    """Parse a contract topic; raises TopicError naming what is wrong."""
+    """Parse a contract topic (the result is immutable and cached); raises TopicError naming what is wrong."""
     parts = topic.split("/")
     if len(parts) < 2 or parts[1] != "v1":
         raise TopicError(f"unknown topic {topic!r}: expected '<kind>/v1/...'")
