@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from cloud.api import audit
 from cloud.api.deps import Conn, Technician
-from cloud.api.routes.devices import load_device
+from cloud.api.routes.devices import load_active_device
 from ioc.stack import tls
 
 router = APIRouter(prefix="/devices", tags=["credentials"])
@@ -38,9 +38,7 @@ async def sign_certificate(conn: Conn, who: Technician, request: Request, device
     if ca_dir is None:
         raise HTTPException(status.HTTP_409_CONFLICT, "this registry does not sign device certificates")
     async with conn.transaction():
-        device = await load_device(conn, device_id)
-        if device["retired_at"] is not None:
-            raise HTTPException(status.HTTP_409_CONFLICT, f"device {device_id!r} is retired")
+        await load_active_device(conn, device_id)
         try:
             cert = await asyncio.to_thread(tls.sign_device_csr, ca_dir, body.csr, device_id, body.days)
         except tls.CsrError as e:

@@ -12,7 +12,7 @@ from cloud.api import audit
 from cloud.api import commands as cmds
 from cloud.api.broker import BrokerUnavailableError
 from cloud.api.deps import BrokerDep, Conn, Technician, Viewer
-from cloud.api.routes.devices import load_device
+from cloud.api.routes.devices import load_active_device, load_device
 from contract.profiles import load_profiles
 
 router = APIRouter(prefix="/devices/{device_id}/commands", tags=["commands"])
@@ -29,9 +29,7 @@ async def send_command(conn: Conn, broker: BrokerDep, who: Technician, device_id
                        idempotency_key: IdempotencyKey = None) -> cmds.CommandPublic:
     """Publish with MQTT 5 response topic, correlation data and message expiry; poll the result at
     GET .../commands/{command_id}."""
-    device = await load_device(conn, device_id)
-    if device["retired_at"] is not None:
-        raise HTTPException(status.HTTP_409_CONFLICT, f"device {device_id!r} is retired")
+    device = await load_active_device(conn, device_id)
     if idempotency_key is not None:
         first = await cmds.find_idempotent(conn, device_id, idempotency_key)
         if first is not None:

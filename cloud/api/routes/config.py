@@ -9,7 +9,7 @@ from fastapi import APIRouter, HTTPException, Query, status
 from cloud.api import audit, twin
 from cloud.api.broker import BrokerUnavailableError
 from cloud.api.deps import BrokerDep, Conn, Technician, Viewer
-from cloud.api.routes.devices import load_device
+from cloud.api.routes.devices import load_active_device, load_device
 from cloud.db import devices as db
 from contract import topics
 from contract.profiles import load_profiles
@@ -45,9 +45,7 @@ async def get_config(conn: Conn, who: Viewer, device_id: str) -> twin.TwinPublic
 async def set_desired(conn: Conn, broker: BrokerDep, who: Technician, device_id: str,
                       body: twin.DesiredRequest) -> twin.TwinPublic:
     """A new desired version, checked with the device's own validation, published retained."""
-    device = await load_device(conn, device_id)
-    if device["retired_at"] is not None:
-        raise HTTPException(status.HTTP_409_CONFLICT, f"device {device_id!r} is retired")
+    device = await load_active_device(conn, device_id)
     try:
         await _apply(conn, broker, who, device_id, device["profile"], body.settings)
     except ConfigError as exc:

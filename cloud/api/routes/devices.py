@@ -30,6 +30,14 @@ async def load_device(conn: Conn, device_id: str) -> dict[str, Any]:
     return row
 
 
+async def load_active_device(conn: Conn, device_id: str) -> dict[str, Any]:
+    """load_device, refusing a retired device (409): it takes no config, command or credential."""
+    device = await load_device(conn, device_id)
+    if device["retired_at"] is not None:
+        raise HTTPException(status.HTTP_409_CONFLICT, f"device {device_id!r} is retired")
+    return device
+
+
 def _audit_view(d: DevicePublic) -> dict[str, Any]:
     return d.model_dump(mode="json", exclude={"live", "updated_at", "created_at"})
 
@@ -142,9 +150,7 @@ async def rotate_credentials(conn: Conn, who: Technician, pool: Pool, broker_aut
     if broker_auth is None:
         raise HTTPException(status.HTTP_409_CONFLICT, "this registry does not issue broker credentials")
     async with conn.transaction():
-        device = await load_device(conn, device_id)
-        if device["retired_at"] is not None:
-            raise HTTPException(status.HTTP_409_CONFLICT, f"device {device_id!r} is retired")
+        await load_active_device(conn, device_id)
         passwords = await broker_auth.issue(conn, [device_id])
         await audit.record(conn, who, "credentials.rotate", device_id, None, {"username": device_id})
     await broker_auth.apply(pool)
