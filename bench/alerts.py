@@ -22,7 +22,6 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Sequence
@@ -44,7 +43,7 @@ from cloud.db.devices import register_devices  # noqa: E402
 from cloud.db.migrate import migrate  # noqa: E402
 from contract import topics  # noqa: E402
 from contract.messages import MetricSample, TelemetryMessage, now_ms  # noqa: E402
-from ioc.stack import Stack  # noqa: E402
+from ioc.stack import Stack, scratch_dir  # noqa: E402
 
 NORMAL = {"pm25": 20.0, "pm10": 40.0, "co2": 450.0, "noise": 60.0, "temperature": 28.0, "humidity": 70.0,
           "water_level": 1.2}
@@ -154,7 +153,7 @@ def main() -> None:
     ap.add_argument("--naive-rules", type=int, default=2, help="rules the naive evaluator runs (extrapolated)")
     args = ap.parse_args()
 
-    root = Path(tempfile.mkdtemp(prefix="bench-alerts-", dir=REPO / ".ioc"))
+    root = scratch_dir("bench-alerts-")
     stack = Stack.load(root)
     print(f"stack under {root}: starting Mosquitto and PostgreSQL …", flush=True)
     stack.up()

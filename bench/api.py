@@ -31,7 +31,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from multiprocessing.synchronize import Event as MpEvent
@@ -48,7 +47,7 @@ sys.path.insert(0, str(REPO))
 from bench import http_load  # noqa: E402
 from cloud.db.devices import DEVICE_SELECT  # noqa: E402
 from cloud.db.migrate import migrate  # noqa: E402
-from ioc.stack import Stack  # noqa: E402
+from ioc.stack import Stack, scratch_dir  # noqa: E402
 
 SITES = 50
 
@@ -245,7 +244,7 @@ def main() -> None:
     ap.add_argument("--broker-credentials", action="store_true", help="the registry issues broker passwords")
     args = ap.parse_args()
     (REPO / ".ioc").mkdir(exist_ok=True)
-    root = Path(tempfile.mkdtemp(prefix="bench-api-", dir=REPO / ".ioc"))
+    root = scratch_dir("bench-api-")
     stack = Stack.load(root)
     procs: list[subprocess.Popen[bytes]] = []
     stop, first = mp.Event(), mp.Event()

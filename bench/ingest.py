@@ -23,7 +23,6 @@ import multiprocessing as mp
 import os
 import shutil
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -47,7 +46,7 @@ from cloud.ingest.service import IngestService  # noqa: E402
 from cloud.ingest.settings import IngestSettings  # noqa: E402
 from contract import topics  # noqa: E402
 from contract.messages import now_ms  # noqa: E402
-from ioc.stack import Stack  # noqa: E402
+from ioc.stack import Stack, scratch_dir  # noqa: E402
 
 METRICS = ("pm25", "pm10", "co2", "noise", "temperature")  # 5 points a message, as the issue asks
 SITE = "bench"
@@ -336,7 +335,7 @@ def main() -> None:
                     help="database backend of the private stack (auto: TimescaleDB where installed)")
     args = ap.parse_args()
 
-    root = Path(tempfile.mkdtemp(prefix="bench-", dir=REPO / ".ioc"))
+    root = scratch_dir("bench-")
     stack = Stack.load(root, backend=args.backend)
     print(f"stack under {root} ({stack.backend}): starting Mosquitto and PostgreSQL …", flush=True)
     stack.up()
@@ -380,9 +379,14 @@ def main() -> None:
           "flat from the first to the last tenth = the load is sustained; climbing = overload, the broker queues.\n"
           "Unpaced runs mostly drain a backlog the generator queued at the broker in the first seconds.\n"
           "loss: points sent but not stored.")
-    print("\nCPU, % of one core over the run:")
+    print("\nCPU, % of one core over the run; and µs of CPU a message (contention inflates it; the sum bounds what\n"
+          "these cores can take at all, however the work is spread):")
     for r in results:
         print(f"  {r['name']:18} " + ", ".join(f"{k} {v / r['seconds'] * 100:.0f}%" for k, v in r["cpu"].items()))
+        per_msg = {k: v / r["messages"] * 1e6 for k, v in r["cpu"].items()}
+        total = sum(per_msg.values())
+        print(f"  {'':18} " + ", ".join(f"{k} {v:.0f}" for k, v in per_msg.items())
+              + f" µs: {total:.0f} µs a message → at most {(os.cpu_count() or 1) * 1e6 / total:,.0f} msg/s")
     if not args.skip_naive:
         ours, naive = results[-2], results[-1]
         print(f"\nratio (ingest service / naive subscriber, both unpaced), messages/s: "

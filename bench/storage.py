@@ -20,7 +20,6 @@ import argparse
 import json
 import shutil
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -46,7 +45,7 @@ from cloud.ingest.registry import DeviceCache  # noqa: E402
 from cloud.ingest.writer import BatchWriter  # noqa: E402
 from contract import topics  # noqa: E402
 from contract.messages import COUNTS_STREAM  # noqa: E402
-from ioc.stack import Stack  # noqa: E402
+from ioc.stack import Stack, scratch_dir  # noqa: E402
 from ioc.stack.postgres import find_bin_dir, timescale_installed  # noqa: E402
 
 console = Console(width=200)  # a wide table stays readable when piped to a file
@@ -282,7 +281,7 @@ def main() -> None:
         backends = [b for b in backends if b != "timescale"]
     runs = []
     for backend in backends:
-        root = Path(tempfile.mkdtemp(prefix=f"bench-storage-{backend}-", dir=REPO / ".ioc"))
+        root = scratch_dir(f"bench-storage-{backend}-")
         stack = Stack.load(root, backend=backend)
         try:
             stack.up()

@@ -12,7 +12,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -25,7 +24,7 @@ from cloud.db.devices import register_devices
 from cloud.db.migrate import migrate
 from cloud.ingest.service import IngestService
 from cloud.ingest.settings import IngestSettings
-from ioc.stack import Stack
+from ioc.stack import Stack, scratch_dir
 from ioc.stack.postgres import find_bin_dir, timescale_installed
 
 REPO = Path(__file__).resolve().parent.parent
@@ -53,9 +52,7 @@ def backend(request: pytest.FixtureRequest) -> str:
 def stack(backend: str) -> Iterator[Stack]:
     """Data lives under the project's .ioc/ folder (the postgres service user cannot enter /tmp/pytest-of-root).
     Whatever started is stopped, even when start-up or migration fails half-way."""
-    base = REPO / ".ioc"
-    base.mkdir(exist_ok=True)
-    root = Path(tempfile.mkdtemp(prefix=f"test-{backend}-", dir=base))
+    root = scratch_dir(f"test-{backend}-")
     s = Stack.load(root, backend=backend)
     try:
         s.up()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,13 +19,21 @@ from ioc.stack.postgres import TIMESCALE_HINT, Postgres, timescale_installed
 from ioc.stack.postgres import find_bin_dir as find_pg_bin
 from ioc.stack.procs import StackError, free_port
 
-__all__ = ["BACKENDS", "Stack", "StackError", "default_dir"]
+__all__ = ["BACKENDS", "Stack", "StackError", "default_dir", "scratch_dir"]
 
 BACKENDS = ("auto", "timescale", "postgres")
 
 
 def default_dir() -> Path:
     return Path(os.environ.get("IOC_STACK_DIR", ".ioc")).resolve()
+
+
+def scratch_dir(prefix: str) -> Path:
+    """A new folder for a throw-away stack (tests, benchmarks) under the checkout's .ioc/, created if a
+    fresh clone has none: the postgres service user cannot enter /tmp/pytest-of-root or a private /tmp."""
+    base = Path(__file__).resolve().parents[2] / ".ioc"
+    base.mkdir(exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=prefix, dir=base))
 
 
 @dataclass

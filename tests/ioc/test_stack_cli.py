@@ -7,7 +7,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -15,7 +14,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from ioc.stack import StackError
+from ioc.stack import StackError, scratch_dir
 from ioc.stack.mosquitto import find_binary
 from ioc.stack.postgres import find_bin_dir
 
@@ -67,7 +66,7 @@ def _start_api(root: Path) -> ApiProcess:
 
 
 def test_stack_up_is_idempotent_reports_status_and_keeps_data_across_down_and_up() -> None:
-    root = Path(tempfile.mkdtemp(prefix="cli-stack-", dir=REPO / ".ioc"))
+    root = scratch_dir("cli-stack-")
     api: ApiProcess | None = None
     try:
         first = ioc("stack", "up", "--dir", str(root))
@@ -145,7 +144,7 @@ def test_commands_on_a_database_without_schema_say_to_migrate(stack: object) -> 
 def test_stack_backend_choice_status_jobs_and_a_server_that_does_not_preload_timescale(backend: str) -> None:
     """`--backend` picks the server's setup and the schema; `ioc status` shows every background job's last run,
     outcome and lag; asking a non-preloading server for TimescaleDB is one line saying what to change."""
-    root = Path(tempfile.mkdtemp(prefix=f"cli-{backend}-", dir=REPO / ".ioc"))
+    root = scratch_dir(f"cli-{backend}-")
     try:
         up = ioc("stack", "up", "--dir", str(root), "--backend", backend)
         assert f"schema: {backend} backend" in up.stdout
