@@ -101,17 +101,27 @@ def stack_up(directory: StackDir = None, mqtt_port: Annotated[int | None, typer.
 
 
 @stack_app.command("broker-logins")
-def broker_logins(directory: Annotated[Path, typer.Option("--dir", help="the broker's auth folder")]) -> None:
+def broker_logins(
+    directory: Annotated[Path, typer.Option("--dir", help="the broker's auth folder")],
+    tls_hosts: Annotated[str, typer.Option(
+        "--tls-hosts", help="also make a CA and the broker's TLS certificate (in <dir>/tls, kept once made) for "
+        "these comma-separated names or IP addresses, the ones devices connect to; the first is its CN")] = "",
+) -> None:
     """For a broker outside the local stack (docker-compose.yml): hash the services' passwords from
     IOC_BROKER_PASSWORD_INGEST/_REGISTRY/_ALERTS/_SIMULATOR/_ADMIN into its password and ACL files."""
     import os
 
     from ioc.stack import broker_auth as ba
+    from ioc.stack import tls
 
     names = ba.install_service_logins(directory, {n: os.environ.get(v, "") for n, v in ba.PASSWORD_ENV.items()})
     if not names:
         raise _fail("no IOC_BROKER_PASSWORD_* variable set: nobody could log in")
     console.print(f"broker logins for {', '.join(names)} in {directory}")
+    if hosts := tuple(h.strip() for h in tls_hosts.split(",") if h.strip()):
+        tls.ensure(directory / "tls", hosts)
+        console.print(f"broker TLS: CA {directory / 'tls' / tls.CA_CERT} (give it to devices), server certificate "
+                      f"for {', '.join(hosts)}")
 
 
 @stack_app.command("down")

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import ssl
+import threading
 import time
+import uuid
 from collections.abc import Callable
 from typing import TypeVar
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
 
 from ioc.stack import Stack
 
@@ -50,3 +54,23 @@ def paho_auth(stack: Stack, service: str = "simulator") -> dict[str, str] | None
     """`auth=` for paho.mqtt.publish.single/multiple."""
     creds = stack.credentials(service)
     return {"username": creds[0], "password": creds[1]} if creds else None
+
+
+def tls_connack(port: int, ctx: ssl.SSLContext, username: str | None = None, password: str | None = None) -> bool:
+    """True when the broker accepts this login on its TLS port (False: refused, or the handshake failed)."""
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"t-{uuid.uuid4().hex[:6]}", protocol=mqtt.MQTTv5)
+    c.tls_set_context(ctx)
+    if username:
+        c.username_pw_set(username, password)
+    done, ok = threading.Event(), []
+    c.on_connect = lambda _c, _u, _f, rc, _p=None: (ok.append(not rc.is_failure), done.set())
+    c.on_disconnect = lambda *_a: done.set()
+    try:
+        c.connect("127.0.0.1", port)
+    except (ssl.SSLError, OSError):
+        return False
+    c.loop_start()
+    done.wait(10)
+    c.loop_stop()
+    c.disconnect()
+    return bool(ok and ok[0])

@@ -12,15 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import paho.mqtt.client as mqtt
 import psycopg
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from paho.mqtt.enums import CallbackAPIVersion
-from support import wait_until
+from support import tls_connack, wait_until
 
 from cloud.ingest.service import IngestService
 from edge.agent import Agent
@@ -66,33 +64,14 @@ def _count(db: psycopg.Connection, device_id: str) -> int:
     return int(row[0]) if row else 0
 
 
-def _connack(port: int, ctx: ssl.SSLContext, username: str | None = None, password: str | None = None) -> bool:
-    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"t-{uuid.uuid4().hex[:6]}", protocol=mqtt.MQTTv5)
-    c.tls_set_context(ctx)
-    if username:
-        c.username_pw_set(username, password)
-    done, ok = threading.Event(), []
-    c.on_connect = lambda _c, _u, _f, rc, _p=None: (ok.append(not rc.is_failure), done.set())
-    c.on_disconnect = lambda *_a: done.set()
-    try:
-        c.connect("127.0.0.1", port)
-    except (ssl.SSLError, OSError):
-        return False
-    c.loop_start()
-    done.wait(10)
-    c.loop_stop()
-    c.disconnect()
-    return bool(ok and ok[0])
-
-
 def test_edge_agent_over_tls_with_its_password(stack: Stack, tech: httpx.Client, ingest: IngestService,
                                               db: psycopg.Connection, run_agent: Any, tmp_path: Path) -> None:
     site = f"tls-{uuid.uuid4().hex[:6]}"
     device_id, password = _new(tech, site)
     ca = str(stack.mosquitto.tls_dir / tls.CA_CERT)
     ctx = ssl.create_default_context(cafile=ca)
-    assert not _connack(stack.mosquitto.tls_port, ctx)  # anonymous, even over TLS
-    assert not _connack(stack.mosquitto.tls_port, ssl.create_default_context())  # a client not trusting our CA
+    assert not tls_connack(stack.mosquitto.tls_port, ctx)  # anonymous, even over TLS
+    assert not tls_connack(stack.mosquitto.tls_port, ssl.create_default_context())  # a client not trusting our CA
     run_agent(_config(device_id, site, stack.mosquitto.tls_port, tmp_path, {"ca_file": ca},
                       username=device_id, password=password))
     wait_until(lambda: _count(db, device_id) >= 3, what="telemetry over TLS ingested")
@@ -128,7 +107,7 @@ def test_edge_agent_over_mutual_tls_with_a_signed_csr(stack: Stack, tech: httpx.
     assert "PEM" in bad.json()["detail"]
 
     no_cert = ssl.create_default_context(cafile=str(tmp_path / "ca.crt"))
-    assert not _connack(stack.mosquitto.mtls_port, no_cert)  # the mutual-TLS port wants a certificate
+    assert not tls_connack(stack.mosquitto.mtls_port, no_cert)  # the mutual-TLS port wants a certificate
     tls_cfg = {"ca_file": str(tmp_path / "ca.crt"), "cert_file": str(tmp_path / "box.crt"),
                "key_file": str(key_file)}
     run_agent(_config(device_id, site, stack.mosquitto.mtls_port, tmp_path, tls_cfg))
@@ -141,6 +120,6 @@ def test_edge_agent_over_mutual_tls_with_a_signed_csr(stack: Stack, tech: httpx.
     # Retired: its certificate goes on the broker's CRL; the next handshake with it fails.
     with_cert = ssl.create_default_context(cafile=str(tmp_path / "ca.crt"))
     with_cert.load_cert_chain(str(tmp_path / "box.crt"), str(key_file))
-    assert _connack(stack.mosquitto.mtls_port, with_cert)
+    assert tls_connack(stack.mosquitto.mtls_port, with_cert)
     assert tech.delete(f"/devices/{device_id}").status_code == 200
-    wait_until(lambda: not _connack(stack.mosquitto.mtls_port, with_cert), what="the retired certificate refused")
+    wait_until(lambda: not tls_connack(stack.mosquitto.mtls_port, with_cert), what="the retired certificate refused")
