@@ -137,7 +137,7 @@ class CommitLog:
 
 
 def run_ours(name: str, stack: Stack, devices: list[str], messages: int, publishers: int, window: int, batch: int,
-             receive_max: int, rate: float, generator: str, watermark: bool = True) -> dict:
+             receive_max: int, rate: float, generator: str, watermark: bool = True, writers: int = 2) -> dict:
     log = CommitLog()
 
     def hook(batch: Sequence[Decoded], committed: int) -> None:
@@ -146,7 +146,7 @@ def run_ours(name: str, stack: Stack, devices: list[str], messages: int, publish
     svc = IngestService(IngestSettings(dsn=stack.dsn, mqtt_host=stack.mqtt_host, mqtt_port=stack.mqtt_port,
                                        instance="bench-ingest", stats_interval_s=2.0, **_login(stack, "ingest"),
                                        batch_max_messages=batch, receive_maximum=receive_max,
-                                       watermark=watermark),
+                                       watermark=watermark, writers=writers),
                         on_commit=hook)
     svc.start()
     assert svc.wait_connected(10)
@@ -325,6 +325,8 @@ def main() -> None:
                     help="offered load of the paced run, messages/s in total (0: skip the paced run)")
     ap.add_argument("--batch", type=int, default=IngestSettings.model_fields["batch_max_messages"].default)
     ap.add_argument("--receive-max", type=int, default=IngestSettings.model_fields["receive_maximum"].default)
+    ap.add_argument("--writers", type=int, default=IngestSettings.model_fields["writers"].default,
+                    help="database connections committing in parallel")
     ap.add_argument("--skip-naive", action="store_true", help="only the ingest service (tuning runs)")
     ap.add_argument("--watermark", choices=["on", "off"], default="on",
                     help="ingest publishes each device's committed (boot_id, seq) on ack/v1/{id} (the default)")
@@ -357,10 +359,10 @@ def main() -> None:
         if args.rate:
             print(f"ingest service, offered {args.rate:,.0f} msg/s: {args.messages:,} messages …", flush=True)
             results.append(run_ours("ingest, paced", stack, fleets["paced"], args.messages, *common, *ingest,
-                                    args.rate, args.generator, watermark=args.watermark == "on"))
+                                    args.rate, args.generator, watermark=args.watermark == "on", writers=args.writers))
         print(f"ingest service, unpaced: {args.messages:,} messages …", flush=True)
         results.append(run_ours("ingest, unpaced", stack, fleets["max"], args.messages, *common, *ingest, 0,
-                                args.generator, watermark=args.watermark == "on"))
+                                args.generator, watermark=args.watermark == "on", writers=args.writers))
         if not args.skip_naive:
             print(f"naive subscriber, unpaced: {args.naive_messages:,} messages …", flush=True)
             results.append(run_naive(stack, fleets["naive"], args.naive_messages, *common, 0, args.generator))
