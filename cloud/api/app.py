@@ -59,11 +59,15 @@ def create_app(settings: ApiSettings) -> FastAPI:
         options = "-c statement_timeout=20s -c lock_timeout=10s -c idle_in_transaction_session_timeout=30s"
         pool = AsyncConnectionPool(settings.dsn, min_size=settings.pool_min, max_size=settings.pool_max,
                                    kwargs={"autocommit": True, "options": options}, open=False)
+        # Token lookups (cache misses) have a small pool of their own: see cloud.api.deps._principal.
+        auth_pool = AsyncConnectionPool(settings.dsn, min_size=1, max_size=3,
+                                        kwargs={"autocommit": True, "options": options}, open=False)
         await pool.open(wait=True, timeout=30)
+        await auth_pool.open(wait=True, timeout=30)
         async with pool.connection() as conn:
             await ensure_admin_token(conn, settings.admin_token_file)
         broker = Broker(settings, partial(commands.handle_reply, pool))
-        app.state.pool, app.state.broker = pool, broker
+        app.state.pool, app.state.auth_pool, app.state.broker = pool, auth_pool, broker
         app.state.broker_auth, app.state.broker_ca_dir = None, settings.broker_ca_dir
         if settings.broker_auth_dir is not None:
             app.state.broker_auth = BrokerAuth(settings.broker_auth_dir, settings.broker_pid_file,
@@ -85,6 +89,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
             for t in tasks:
                 with contextlib.suppress(asyncio.CancelledError):
                     await t
+            await auth_pool.close()
             await pool.close()
 
     app = FastAPI(title="IOC registry API", version="1", description=DESCRIPTION, lifespan=lifespan)

@@ -123,10 +123,11 @@ def _broker_auth(request: Request) -> BrokerAuth | None:
 BrokerAuthDep = Annotated[BrokerAuth | None, Depends(_broker_auth)]
 
 
-async def _principal(request: Request, conn: Conn,
+async def _principal(request: Request,
                      creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> Principal:
-    """Uses the request's own connection (FastAPI resolves `Conn` once per request): taking a second one
-    from the pool would let 50 concurrent requests each hold one and wait for another."""
+    """A token not in the cache is looked up on a pool of its own (`app.state.auth_pool`): a request may
+    already hold a connection of the main pool, and taking a second one there would let 50 concurrent
+    requests each hold one and wait for another. A lookup holds nothing while it waits, so no cycle."""
     if creds is None or creds.scheme.lower() != "bearer":
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, "missing API token: send 'Authorization: Bearer <token>'",
                             headers={"WWW-Authenticate": "Bearer"})
@@ -135,7 +136,9 @@ async def _principal(request: Request, conn: Conn,
     who = cache.get(digest)
     if who is None:
         generation = cache.generation
-        who = await lookup(conn, creds.credentials)
+        auth_pool: AsyncConnectionPool = request.app.state.auth_pool
+        async with auth_pool.connection() as conn:
+            who = await lookup(conn, creds.credentials)
         if who is None:
             raise HTTPException(status.HTTP_401_UNAUTHORIZED, "invalid or revoked API token",
                                 headers={"WWW-Authenticate": "Bearer"})
