@@ -1,11 +1,12 @@
 """Registry API benchmark on a registry of 10,000 devices, first quiet, then with live ingest running.
 
     .venv/bin/python bench/api.py [--devices 10000] [--requests 3000] [--concurrency 50] [--rate 500]
-                                  [--ingest-rate 1000] [--broker-credentials]
+                                  [--ingest-rate 1000] [--broker-credentials] [--workers 2]
 
 Everything real and on this machine: its own Mosquitto + PostgreSQL stack, `ioc ingest` and `ioc api`
-as separate processes, a paho publisher process for the live telemetry, and the load generator here
-(`bench/http_load.py`: keep-alive HTTP/1.1 by hand, so that the cores go to the server). Prints:
+(`--workers` processes, default 2: one per core) as separate processes, a paho publisher process for the
+live telemetry, and the load generator here (`bench/http_load.py`: keep-alive HTTP/1.1 by hand, so that
+the cores go to the server). Prints:
 1. provisioning: POST /devices in chunks of 1,000 (one transaction each, audit rows included; with
    `--broker-credentials` each device also gets a broker password, hashed, and the password and ACL
    files are rendered and the broker reloaded);
@@ -242,6 +243,7 @@ def main() -> None:
     ap.add_argument("--rate", type=float, default=500, help="paced get-device requests/s")
     ap.add_argument("--ingest-rate", type=float, default=1000, help="live telemetry messages/s in phase 2")
     ap.add_argument("--broker-credentials", action="store_true", help="the registry issues broker passwords")
+    ap.add_argument("--workers", type=int, default=2, help="API processes (ioc api --workers)")
     args = ap.parse_args()
     (REPO / ".ioc").mkdir(exist_ok=True)
     root = scratch_dir("bench-api-")
@@ -263,7 +265,8 @@ def main() -> None:
                                       env=env | _login_env(stack, "ingest"), stdout=log, stderr=subprocess.STDOUT,
                                       cwd=REPO))
         port = free_port()
-        procs.append(subprocess.Popen([sys.executable, "-m", "ioc", "api", "--dir", str(root), "--port", str(port)],
+        procs.append(subprocess.Popen([sys.executable, "-m", "ioc", "api", "--dir", str(root), "--port", str(port),
+                                       "--workers", str(args.workers)],
                                       env=api_env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO))
         url, token_file = f"http://127.0.0.1:{port}", root / "api-admin-token"
         deadline = time.monotonic() + 60
@@ -286,7 +289,7 @@ def main() -> None:
         meter = CpuMeter({"api": [psutil.Process(procs[1].pid)], "postgres": [psutil.Process(pg_pid)] if pg_pid else [],
                           "ingest": [psutil.Process(procs[0].pid)]}
                          | ({"broker": [psutil.Process(mq_pid)]} if (mq_pid := stack.mosquitto.pid()) else {}))
-        print(f"{os.cpu_count()} cores; load average before: {os.getloadavg()[0]:.1f}")
+        print(f"{os.cpu_count()} cores; {args.workers} API process(es); load average before: {os.getloadavg()[0]:.1f}")
         uvloop.run(phase(f"phase 1, no telemetry arriving, concurrency {args.concurrency}:", url, headers,
                          stack.dsn, ids, args.requests, args.concurrency, args.rate, meter))
         publisher = mp.Process(target=publish, args=(stack.mqtt_host, stack.mqtt_port, ids, args.ingest_rate,

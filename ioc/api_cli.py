@@ -36,6 +36,8 @@ def serve(ctx: typer.Context,
           mqtt_port: Annotated[int | None, typer.Option()] = None,
           directory: Annotated[Path | None, typer.Option("--dir", help="stack folder")] = None,
           token_file: Annotated[Path | None, typer.Option(help="where the bootstrap admin token goes")] = None,
+          workers: Annotated[int, typer.Option(min=1, max=32, help=(
+              "API processes sharing the port: one serves about a core's worth of requests"))] = 1,
           ) -> None:
     """Serve the API (Ctrl-C stops). On first start it writes an admin token to the stack folder (0600)."""
     if ctx.invoked_subcommand is not None:
@@ -55,10 +57,18 @@ def serve(ctx: typer.Context,
     settings = ApiSettings(dsn=ep.dsn, mqtt_host=ep.mqtt_host, mqtt_port=ep.mqtt_port, admin_token_file=path,
                            mqtt_username=ep.mqtt_username, mqtt_password=ep.mqtt_password,
                            **broker)  # type: ignore[arg-type]
-    console.print(f"registry API on http://{host}:{port} (docs at /docs); admin token file: {path or '-'}")
+    console.print(f"registry API on http://{host}:{port} (docs at /docs, {workers} process(es));"
+                  f" admin token file: {path or '-'}")
     # Keep-alive longer than uvicorn's 5 s: clients (the CLI, dashboards) pause between calls, and a server
     # closing an idle connection just as a client reuses it loses that request.
-    uvicorn.run(create_app(settings), host=host, port=port, log_level="warning", timeout_keep_alive=75)
+    if workers == 1:
+        uvicorn.run(create_app(settings), host=host, port=port, log_level="warning", timeout_keep_alive=75)
+        return
+    # Several processes (a Python process uses one core): uvicorn starts each from the import string, with
+    # the settings in its environment, and restarts one that dies. cloud.api.app says why that is safe.
+    os.environ.update(settings.to_env())
+    uvicorn.run("cloud.api.app:app_from_env", factory=True, workers=workers, host=host, port=port,
+                log_level="warning", timeout_keep_alive=75)
 
 
 @api_app.command("token")

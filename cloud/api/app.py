@@ -1,5 +1,9 @@
 """App factory and lifespan: a psycopg pool, the MQTT side, the command sweeper; errors a person reads.
 
+Safe to run as several processes on one database and broker (`ioc api --workers N`): each has its own MQTT
+client id and its own token cache (kept right by PostgreSQL's notifications); the command sweeper, the
+broker-file render and the bootstrap admin token each take an advisory lock.
+
     uvicorn --factory cloud.api.app:app_from_env     (or `ioc api`)
 """
 
@@ -22,7 +26,7 @@ from cloud.api import commands
 from cloud.api.auth import ensure_admin_token
 from cloud.api.broker import Broker
 from cloud.api.credentials import BrokerAuth
-from cloud.api.deps import TokenCache
+from cloud.api.deps import TokenCache, listen_for_token_changes
 from cloud.api.models import ERRORS
 from cloud.api.routes import admin, certificates, config, data, devices
 from cloud.api.routes import alarms as alarm_routes
@@ -55,20 +59,28 @@ def create_app(settings: ApiSettings) -> FastAPI:
         options = "-c statement_timeout=20s -c lock_timeout=10s -c idle_in_transaction_session_timeout=30s"
         pool = AsyncConnectionPool(settings.dsn, min_size=settings.pool_min, max_size=settings.pool_max,
                                    kwargs={"autocommit": True, "options": options}, open=False)
+        # Token lookups (cache misses) have a small pool of their own: see cloud.api.deps._principal.
+        auth_pool = AsyncConnectionPool(settings.dsn, min_size=1, max_size=3,
+                                        kwargs={"autocommit": True, "options": options}, open=False)
         await pool.open(wait=True, timeout=30)
+        await auth_pool.open(wait=True, timeout=30)
         async with pool.connection() as conn:
             await ensure_admin_token(conn, settings.admin_token_file)
         broker = Broker(settings, partial(commands.handle_reply, pool))
-        app.state.pool, app.state.broker = pool, broker
+        app.state.pool, app.state.auth_pool, app.state.broker = pool, auth_pool, broker
         app.state.broker_auth, app.state.broker_ca_dir = None, settings.broker_ca_dir
         if settings.broker_auth_dir is not None:
             app.state.broker_auth = BrokerAuth(settings.broker_auth_dir, settings.broker_pid_file,
                                                settings.broker_ca_dir)
             await app.state.broker_auth.apply(pool)
+        tokens: TokenCache = app.state.tokens
         tasks = [asyncio.create_task(broker.run(), name="registry-mqtt"),
-                 asyncio.create_task(_sweep_forever(pool, settings.sweep_interval_s), name="command-sweeper")]
+                 asyncio.create_task(_sweep_forever(pool, settings.sweep_interval_s), name="command-sweeper"),
+                 asyncio.create_task(listen_for_token_changes(settings.dsn, tokens), name="token-changes")]
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(broker.connected.wait(), 10)
+        with contextlib.suppress(TimeoutError):  # until then tokens are checked on every request
+            await asyncio.wait_for(tokens.listening.wait(), 5)
         try:
             yield
         finally:
@@ -77,6 +89,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
             for t in tasks:
                 with contextlib.suppress(asyncio.CancelledError):
                     await t
+            await auth_pool.close()
             await pool.close()
 
     app = FastAPI(title="IOC registry API", version="1", description=DESCRIPTION, lifespan=lifespan)

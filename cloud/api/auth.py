@@ -17,6 +17,7 @@ from pathlib import Path
 from psycopg import AsyncConnection
 
 log = logging.getLogger(__name__)
+BOOTSTRAP_LOCK_ID = 0x10C_0092  # advisory lock: one bootstrap admin token however many API processes start
 
 
 class Role(IntEnum):
@@ -69,11 +70,13 @@ async def ensure_admin_token(conn: AsyncConnection, path: Path | None) -> bool:
     Later starts leave tokens alone (`ioc api token create` makes another straight in the database)."""
     if path is None:
         return False
-    cur = await conn.execute("SELECT 1 FROM api_tokens WHERE role = 'admin' AND revoked_at IS NULL LIMIT 1")
-    if await cur.fetchone():
-        return False
-    _, token = await create_token(conn, "bootstrap-admin", Role.admin, "ioc api (bootstrap)")
-    write_secret(path, token)
+    async with conn.transaction():  # API processes starting together: one makes the token, the others see it
+        await conn.execute("SELECT pg_advisory_xact_lock(%s)", (BOOTSTRAP_LOCK_ID,))
+        cur = await conn.execute("SELECT 1 FROM api_tokens WHERE role = 'admin' AND revoked_at IS NULL LIMIT 1")
+        if await cur.fetchone():
+            return False
+        _, token = await create_token(conn, "bootstrap-admin", Role.admin, "ioc api (bootstrap)")
+    write_secret(path, token)  # once committed: whoever reads the file can use the token
     log.info("bootstrap admin token written to %s", path)
     return True
 

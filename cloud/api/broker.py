@@ -3,6 +3,11 @@
 One connection with a reconnect loop (jittered, capped backoff, as aiomqtt's own docs advise); a publish
 while the broker is away fails at once with BrokerUnavailableError so the API can answer 503 instead of
 hanging. Replies come back on `rsp/v1/{device_id}/{client_id}`, a topic only this registry reads.
+
+The API may run as several processes (`ioc api --workers N`): each connects with its own MQTT client id
+(`{client_id}-{random}`: one id would make the broker drop the others), and all read the replies through one
+MQTT 5 shared subscription (`$share/{client_id}/...`), so each reply reaches exactly one of them, whichever
+sent the command (a reply only updates the command's row in the database).
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import secrets
 from collections.abc import Awaitable, Callable
 
 import aiomqtt
@@ -33,11 +39,18 @@ class Broker:
         self._settings = settings
         self._on_reply = on_reply
         self._client: aiomqtt.Client | None = None
+        self._identifier = f"{settings.client_id}-{secrets.token_hex(4)}"  # no session is kept: any id will do
         self.connected = asyncio.Event()
 
     @property
     def reply_filter(self) -> str:
-        return topics.command_response(topics.SINGLE_LEVEL, self._settings.client_id)
+        s = self._settings
+        return f"$share/{s.client_id}/" + topics.command_response(topics.SINGLE_LEVEL, s.client_id)
+
+    @property
+    def identifier(self) -> str:
+        """This process's MQTT client id; `client_id` names the registry (its reply topics) for all of them."""
+        return self._identifier
 
     def response_topic(self, device_id: str) -> str:
         return topics.command_response(device_id, self._settings.client_id)
@@ -50,7 +63,7 @@ class Broker:
             try:
                 async with aiomqtt.Client(
                     s.mqtt_host, s.mqtt_port, username=s.mqtt_username, password=s.mqtt_password,
-                    identifier=s.client_id, protocol=aiomqtt.ProtocolVersion.V5, keepalive=30,
+                    identifier=self.identifier, protocol=aiomqtt.ProtocolVersion.V5, keepalive=30,
                 ) as client:
                     await client.subscribe(self.reply_filter, qos=1)
                     self._client = client

@@ -184,15 +184,21 @@ async def handle_reply(pool: AsyncConnectionPool, device_id: str, correlation: b
              command_id, device_id))
 
 
+SWEEP_LOCK_ID = 0x10C_0090  # advisory lock: with several API processes, one sweeps each round
+
+
 async def sweep(pool: AsyncConnectionPool) -> int:
-    """Give commands that will not be answered their final status."""
+    """Give commands that will not be answered their final status. Every API process runs this; the one
+    that gets the lock sweeps, the others skip the round (the same UPDATE twice would only wait on row locks).
+    One statement, so one round trip: the lock is the statement's transaction's."""
     async with pool.connection() as conn:
         cur = await conn.execute(
-            "UPDATE device_commands SET completed_at = now(), status = CASE"
+            "WITH lock AS (SELECT pg_try_advisory_xact_lock(%s) AS got)"
+            " UPDATE device_commands SET completed_at = now(), status = CASE"
             "   WHEN status = 'delivered' THEN 'timed_out' ELSE 'expired' END,"
             " error = CASE WHEN status = 'delivered' THEN 'no reply within ' || timeout_s || ' s'"
             "   ELSE 'the device was not online before the command expired' END"
-            " WHERE status IN ('pending', 'delivered') AND ("
+            " FROM lock WHERE lock.got AND status IN ('pending', 'delivered') AND ("
             "   (status = 'delivered' AND sent_at + timeout_s * interval '1 second' < now())"
-            "   OR expires_at < now())")
+            "   OR expires_at < now())", (SWEEP_LOCK_ID,))
         return cur.rowcount

@@ -23,6 +23,7 @@ from ioc.stack import tls
 
 log = logging.getLogger(__name__)
 TRAILING_RELOAD_S = 1.0
+RENDER_LOCK_ID = 0x10C_0091  # advisory lock: one API process at a time renders the broker's files
 
 
 class BrokerAuth:
@@ -51,9 +52,11 @@ class BrokerAuth:
                            " AND revoked_at IS NULL", (device_id,))
 
     async def apply(self, pool: AsyncConnectionPool) -> None:
-        """Render both files from what is committed now and make the broker reload them. Serialised, so the
+        """Render both files from what is committed now and make the broker reload them. Serialised within
+        this process and, by an advisory lock held until the files are written, across API processes, so the
         last render always includes every change committed before it started."""
-        async with self._lock, pool.connection() as conn:
+        async with self._lock, pool.connection() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock(%s)", (RENDER_LOCK_ID,))
             cur = await conn.execute("SELECT username, device_id, role, password_hash FROM broker_credentials"
                                      " WHERE revoked_at IS NULL ORDER BY username")
             rows = await cur.fetchall()

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Annotated, Any
 
+import psycopg
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from psycopg import AsyncConnection
@@ -15,16 +18,21 @@ from cloud.api.auth import Principal, Role, hash_token, lookup
 from cloud.api.broker import Broker
 from cloud.api.credentials import BrokerAuth
 
+log = logging.getLogger(__name__)
+
 
 class TokenCache:
     """Principals of tokens seen in the last `ttl_s` seconds, so a request costs no token query (measured:
-    a quarter of a get-device request's CPU). Revoking through the API forgets the token at once; a token
-    revoked behind the API's back (SQL) stops working within `ttl_s`. Unknown tokens are never cached."""
+    a quarter of a get-device request's CPU). Unknown tokens are never cached. Every API process has its
+    own: a change to a token row (revoke, through the API or in SQL) is announced by PostgreSQL (migration
+    0090) and `listen_for_token_changes` forgets it in each process at once; while that listener is not
+    connected nothing is cached, so a revoke can never be missed."""
 
     def __init__(self, ttl_s: float, max_entries: int = 10_000) -> None:
         self.ttl_s, self.max_entries = ttl_s, max_entries
         self._entries: dict[bytes, tuple[Principal, float]] = {}
         self.generation = 0  # bumped by forget(): a lookup begun before a revoke must not cache its answer
+        self.listening = asyncio.Event()  # set by listen_for_token_changes while it hears every change
 
     def get(self, digest: bytes) -> Principal | None:
         hit = self._entries.get(digest)
@@ -36,7 +44,7 @@ class TokenCache:
         return hit[0]
 
     def put(self, digest: bytes, who: Principal, generation: int) -> None:
-        if self.ttl_s <= 0 or generation != self.generation:
+        if self.ttl_s <= 0 or not self.listening.is_set() or generation != self.generation:
             return
         if len(self._entries) >= self.max_entries:
             self._entries.clear()
@@ -46,6 +54,37 @@ class TokenCache:
         self.generation += 1
         for digest in [d for d, (p, _) in self._entries.items() if p.token_id == token_id]:
             del self._entries[digest]
+
+    def clear(self) -> None:
+        self.generation += 1
+        self._entries.clear()
+
+
+TOKENS_CHANNEL = "api_tokens_changed"  # NOTIFY'd by the trigger of migration 0090, payload the token id
+
+
+async def listen_for_token_changes(dsn: str, cache: TokenCache) -> None:
+    """Forget each changed token as PostgreSQL announces it; reconnect until cancelled. Nothing is cached
+    while not listening, and everything cached before a (re)connect is dropped: a change may have been missed."""
+    attempt = 0
+    while True:
+        try:
+            async with await AsyncConnection.connect(dsn, autocommit=True) as conn:
+                await conn.execute(f"LISTEN {TOKENS_CHANNEL}")
+                cache.clear()
+                cache.listening.set()
+                attempt = 0
+                while True:  # psycopg keeps what arrives between two calls of notifies() for the next one
+                    async for note in conn.notifies(timeout=30):
+                        cache.forget(note.payload)
+                    await conn.execute("SELECT 1")  # a silent link fails here, and we reconnect
+        except psycopg.Error as exc:
+            log.warning("listening for API token changes: %s", exc)
+        finally:
+            cache.listening.clear()
+            cache.clear()
+        attempt += 1
+        await asyncio.sleep(min(30.0, 0.5 * 2 ** min(attempt, 6)))
 
 
 _bearer = HTTPBearer(auto_error=False, description="an API token: `Authorization: Bearer ioc_...`")
@@ -84,10 +123,11 @@ def _broker_auth(request: Request) -> BrokerAuth | None:
 BrokerAuthDep = Annotated[BrokerAuth | None, Depends(_broker_auth)]
 
 
-async def _principal(request: Request, conn: Conn,
+async def _principal(request: Request,
                      creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> Principal:
-    """Uses the request's own connection (FastAPI resolves `Conn` once per request): taking a second one
-    from the pool would let 50 concurrent requests each hold one and wait for another."""
+    """A token not in the cache is looked up on a pool of its own (`app.state.auth_pool`): a request may
+    already hold a connection of the main pool, and taking a second one there would let 50 concurrent
+    requests each hold one and wait for another. A lookup holds nothing while it waits, so no cycle."""
     if creds is None or creds.scheme.lower() != "bearer":
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, "missing API token: send 'Authorization: Bearer <token>'",
                             headers={"WWW-Authenticate": "Bearer"})
@@ -96,7 +136,9 @@ async def _principal(request: Request, conn: Conn,
     who = cache.get(digest)
     if who is None:
         generation = cache.generation
-        who = await lookup(conn, creds.credentials)
+        auth_pool: AsyncConnectionPool = request.app.state.auth_pool
+        async with auth_pool.connection() as conn:
+            who = await lookup(conn, creds.credentials)
         if who is None:
             raise HTTPException(status.HTTP_401_UNAUTHORIZED, "invalid or revoked API token",
                                 headers={"WWW-Authenticate": "Bearer"})

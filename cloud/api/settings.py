@@ -16,7 +16,9 @@ class ApiSettings(BaseSettings):
     mqtt_port: int = Field(default=1883, ge=1, le=65535)
     mqtt_username: str | None = Field(default=None, description="broker credentials of the registry")
     mqtt_password: str | None = Field(default=None, description="never logged")
-    client_id: str = Field(default="ioc-registry", description="MQTT client id; command replies come back to it")
+    client_id: str = Field(default="ioc-registry", pattern=r"^[A-Za-z0-9._-]{1,64}$", description=(
+        "names the registry on the broker: command replies come back on rsp/v1/{device}/{client_id}, read through "
+        "the shared subscription $share/{client_id}/...; each API process connects as {client_id}-{random}"))
     admin_token_file: Path | None = Field(
         default=None, description="where the bootstrap admin token is written (mode 0600) when no admin exists")
     pool_min: int = Field(default=2, ge=1, le=100)
@@ -29,3 +31,8 @@ class ApiSettings(BaseSettings):
     token_cache_s: float = Field(default=5.0, ge=0, le=300, description=(
         "how long a checked API token is trusted without a query; revoking through the API takes effect at once"))
     sweep_interval_s: float = Field(default=0.5, gt=0, le=60, description="how often open commands are checked")
+
+    def to_env(self) -> dict[str, str]:
+        """These settings as the `IOC_API_*` variables `app_from_env` reads: how `ioc api --workers N` hands
+        them to worker processes (uvicorn starts each from an import string)."""
+        return {f"IOC_API_{k.upper()}": str(v) for k, v in self.model_dump(exclude_none=True).items()}

@@ -96,8 +96,10 @@ async def list_devices(conn: Conn, who: Viewer,
 
 
 @router.get("/{device_id}", response_model=DevicePublic)
-async def get_device(conn: Conn, who: Viewer, device_id: str) -> DevicePublic:
-    return device_public(await load_device(conn, device_id))
+async def get_device(pool: Pool, who: Viewer, device_id: str) -> DevicePublic:
+    """The hottest route: it takes its connection itself, without the cost of a `yield` dependency."""
+    async with pool.connection() as conn:
+        return device_public(await load_device(conn, device_id))
 
 
 @router.patch("/{device_id}", response_model=DevicePublic)
