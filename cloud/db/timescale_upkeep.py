@@ -6,7 +6,8 @@ gaps remain, and this module closes them:
 - A refresh policy only covers its own window, and real-time aggregation only reads rows above an
   aggregate's watermark: a box's backlog delivered days late would never reach telemetry_1m/_1h. Ingest
   marks the minutes each batch touched (rollup_dirty, as on the plain path); here exactly those windows are
-  refreshed, merged into few calls.
+  refreshed, merged into few calls, and the stored hourly VN_AQI (vn_aqi_1h, migration 0080) of those hours
+  recomputed (every dirty minute, late or not: the current hour's AQI changes as its data arrives).
 - On PostgreSQL 15.20 the background worker commits a job's work and then records it as failed, so failed
   runs back off for minutes. Any policy job whose last success (by the worker or by us) is older than its
   schedule is run here with `CALL run_job`, and the outcome kept in ioc_upkeep_runs for `ioc status`.
@@ -57,7 +58,8 @@ def _refresh(conn: psycopg.Connection, view: str, lo: datetime, hi: datetime) ->
 
 def refresh_late_aggregates(conn: psycopg.Connection) -> tuple[int, int]:
     """Refresh the 1-minute aggregate over every complete dirty minute, then the 1-hour one over every
-    complete hour they fall in (the hour still under way is read in real time). Returns (minutes, calls)."""
+    complete hour they fall in (the hour still under way is read in real time), then the hourly VN_AQI of
+    all those hours. Returns (minutes, calls)."""
     with conn.transaction():
         conn.execute("SELECT ioc_take_dirty_rollups()")
     minutes = [r[0] for r in conn.execute(
@@ -75,6 +77,7 @@ def refresh_late_aggregates(conn: psycopg.Connection) -> tuple[int, int]:
         _refresh(conn, "telemetry_1h", lo, hi)
         _refresh(conn, "traffic_counts_1h", lo, hi)
         calls += 2
+    conn.execute("SELECT ioc_refresh_vn_aqi(%s)", (minutes,))  # after telemetry_1h: it reads the hourly means
     conn.execute("DELETE FROM rollup_pending WHERE bucket = ANY(%s)", (minutes,))
     return len(minutes), calls
 

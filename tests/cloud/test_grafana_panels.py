@@ -185,7 +185,7 @@ def seed(stack: Stack) -> Iterator[Seed]:
     yield s
     with psycopg.connect(stack.dsn, autocommit=True) as conn:
         devs = [s.env, s.cam]
-        for table in ("telemetry", "traffic_counts", "events", "dead_letters"):
+        for table in ("telemetry", "traffic_counts", "events", "dead_letters", "vn_aqi_1h"):
             conn.execute(f"DELETE FROM {table} WHERE device_id = ANY(%s)", (devs,))
         if current_backend(conn) == "postgres":
             for table in ("telemetry_1m", "telemetry_1h", "traffic_counts_1h"):

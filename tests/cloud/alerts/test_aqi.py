@@ -115,3 +115,62 @@ def test_sql_vn_aqi_agrees_with_python_on_the_same_data(stack: Stack) -> None:
                                            else ()):
                 conn.execute(f"DELETE FROM {table} WHERE device_id = %s", (dev,))
             conn.execute("DELETE FROM devices WHERE device_id = %s", (dev,))
+
+
+def _stored_and_computed(conn: psycopg.Connection, dev: str, since: datetime) -> tuple[list[tuple], list[tuple]]:
+    cols = "hour, pm25_nowcast, pm10_nowcast, aqi, dominant"
+    stored = conn.execute(f"SELECT {cols} FROM vn_aqi_1h WHERE device_id = %s AND hour <= now() ORDER BY hour",
+                          (dev,)).fetchall()
+    computed = conn.execute(f"SELECT {cols} FROM ioc_vn_aqi_hourly(%s, now()) WHERE device_id = %s"
+                            " AND aqi IS NOT NULL ORDER BY hour", (since, dev)).fetchall()
+    return stored, computed
+
+
+def _assert_same(stored: list[tuple], computed: list[tuple]) -> None:
+    """Hours, AQI and dominant parameter exactly; NowCasts to the last bits (TimescaleDB re-materialising an
+    hour may sum its minutes in another order)."""
+    assert [(r[0], r[3], r[4]) for r in stored] == [(r[0], r[3], r[4]) for r in computed]
+    for s, c in zip(stored, computed, strict=True):
+        assert s[1:3] == pytest.approx(c[1:3], rel=1e-12), s[0]
+
+
+def test_stored_hourly_vn_aqi_is_the_functions_and_follows_a_late_hour(stack: Stack) -> None:
+    """The dashboards read vn_aqi_1h (migration 0080): after upkeep it holds exactly what ioc_vn_aqi_hourly()
+    computes, the current hour included, and a late hour changes the NowCast of the hours after it."""
+    dev, site = f"aqis-{uuid.uuid4().hex[:8]}", f"aqisite-{uuid.uuid4().hex[:6]}"
+    now = datetime.now(UTC)
+    top = now.replace(minute=0, second=0, microsecond=0)
+    hours = [top - timedelta(hours=h) for h in range(1, 21)]  # newest first, complete hours
+    gap = hours[12]  # missing at first, delivered late
+
+    def readings(h: datetime, level: float) -> list[tuple[datetime, str, str, float]]:
+        return [(h + timedelta(minutes=10 * k + 3), dev, metric, level * scale + k)
+                for k in range(3) for metric, scale in (("pm25", 1.0), ("pm10", 1.7))]
+
+    first = [r for i, h in enumerate(hours) if h != gap for r in readings(h, 30 + 7 * (i % 5))]
+    first += [(now - timedelta(minutes=1), dev, "pm25", 55.0)]  # the hour under way
+    late = readings(gap, 400.0)  # an episode: w drops, the following hours' NowCast rises
+    insert = "INSERT INTO telemetry (ts, device_id, metric, value) VALUES (%s, %s, %s, %s)"
+    with psycopg.connect(stack.dsn, autocommit=True) as conn:
+        register_devices(conn, [(dev, site, "env-gateway")])
+        try:
+            conn.cursor().executemany(insert, first)
+            refresh_aggregates(stack.dsn, [r[0] for r in first])
+            before, computed = _stored_and_computed(conn, dev, hours[-1])
+            _assert_same(before, computed)
+            assert len(before) >= 18  # not trivially empty
+            assert before[-1][0] == top  # the hour under way is there
+
+            conn.cursor().executemany(insert, late)
+            refresh_aggregates(stack.dsn, [r[0] for r in late])
+            after, computed = _stored_and_computed(conn, dev, hours[-1])
+            _assert_same(after, computed)
+            was = {r[0]: r for r in before}
+            changed = {r[0] for r in after if was.get(r[0]) != r}
+            assert gap in changed
+            assert gap + timedelta(hours=11) in changed  # the 11 hours after it read it too
+        finally:
+            for table in ("telemetry", "vn_aqi_1h") + (("telemetry_1m", "telemetry_1h")
+                                                       if current_backend(conn) == "postgres" else ()):
+                conn.execute(f"DELETE FROM {table} WHERE device_id = %s", (dev,))
+            conn.execute("DELETE FROM devices WHERE device_id = %s", (dev,))
