@@ -38,8 +38,8 @@ class CameraMotionDetector:
 
     def _grey(self, frame: np.ndarray) -> np.ndarray:
         h, w = frame.shape[:2]
-        small = cv2.resize(frame, (WIDTH, max(1, round(h * WIDTH / w))), interpolation=cv2.INTER_AREA)
-        return cv2.cvtColor(small, cv2.COLOR_BGR2GRAY)
+        grey = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)  # first: the resize then has a third of the data
+        return cv2.resize(grey, (WIDTH, max(1, round(h * WIDTH / w))), interpolation=cv2.INTER_AREA)
 
     def moved_share(self, prev: np.ndarray, cur: np.ndarray, dt: float) -> float:
         """Share of corners of `prev` that moved more than `move_px` (per 0.1 s) by `cur`."""

@@ -124,6 +124,7 @@ class ClipRun:
     detector_runs: int
     wall_s: float
     cpu_s: float
+    camera_moving_frames: int = 0  # frames the camera-motion check took the view for a moving one
 
 
 def clip_config(spec: HandCountSet, base: CameraConfig) -> CameraConfig:
@@ -138,12 +139,13 @@ def count_clip(pipeline: CameraPipeline, last_frame: int | None = None) -> ClipR
     crossings: dict[str, list[Counted]] = {line.cfg.name: [] for line in pipeline.lines}
     proc = psutil.Process()
     cpu0, wall0 = proc.cpu_times(), time.perf_counter()
-    frames = runs = 0
+    frames = runs = moving = 0
     for result in pipeline.frames():
         if result.final:
             continue
         frames += 1
         runs += result.ran_detector
+        moving += bool(pipeline.camera_motion and pipeline.camera_motion.moving)
         for crossing in result.crossings:
             crossings[crossing.line].append(Counted(result.frame.index, crossing.direction))
         if last_frame is not None and result.frame.index >= last_frame:
@@ -151,4 +153,4 @@ def count_clip(pipeline: CameraPipeline, last_frame: int | None = None) -> ClipR
     wall = time.perf_counter() - wall0
     cpu1 = proc.cpu_times()
     cpu = (cpu1.user - cpu0.user) + (cpu1.system - cpu0.system)
-    return ClipRun(crossings, frames, runs, wall, cpu)
+    return ClipRun(crossings, frames, runs, wall, cpu, moving)

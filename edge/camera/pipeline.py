@@ -222,8 +222,6 @@ class CameraPipeline:
         ids = tracked.tracker_id if tracked.tracker_id is not None else np.zeros(0, int)
         names = class_names(tracked)
         points = tracked.get_anchors_coordinates(ANCHORS["bottom_center"]) if n else np.zeros((0, 2))
-        heights = (tracked.xyxy[:, 3] - tracked.xyxy[:, 1]).clip(min=1.0) if n else np.zeros(0)
-        pix = self.pixel_speed.update(frame.t, ids, np.asarray(points) / heights.reshape(-1, 1))
         world = self.ground.to_world(points) if self.ground is not None else None
         stopped = np.zeros(n, bool)
         if world is not None:
@@ -233,7 +231,9 @@ class CameraPipeline:
             stopped = np.array([kmh.get(int(t), np.inf) < self.config.congestion.stopped_kmh for t in ids], bool)
             if vehicle and frame.t >= self._next_congestion_t:
                 self._speed_window.append((frame.t, float(np.mean(list(vehicle.values())))))
-        else:
+        elif self.zones:  # pixel speeds only serve the zones' stopped-vehicle judgement
+            heights = (tracked.xyxy[:, 3] - tracked.xyxy[:, 1]).clip(min=1.0) if n else np.zeros(0)
+            pix = self.pixel_speed.update(frame.t, ids, np.asarray(points) / heights.reshape(-1, 1))
             stopped = np.array([pix.get(int(t), np.inf) < PIXEL_STOPPED for t in ids], bool)
         zone_frame = ZoneFrame(frame.t, np.asarray(ids), np.asarray(names), points, world, stopped)
         for zone in self.zones:

@@ -1,9 +1,9 @@
 """Counts against crossings counted by hand, frame by frame, on real footage (tests/data/*.yaml).
 
 The whole pipeline runs once per session at the box defaults (detector input, gate, tracker) over each
-whole clip; every line and direction is then judged on precision and recall of crossings matched to the
-hand counts within the set's tolerance - not on the exact numbers of a run. The bars are the issue's
-targets (95 %), per direction.
+whole clip (the `clip_runs` fixture in conftest.py); every line and direction is then judged on
+precision and recall of crossings matched to the hand counts within the set's tolerance - not on the
+exact numbers of a run. The bars are the issue's targets (95 %), per direction.
 """
 
 from __future__ import annotations
@@ -12,38 +12,15 @@ from pathlib import Path
 
 import pytest
 
-from edge.camera import media, registry
-from edge.camera.config import CameraConfig, OnnxModelConfig, SourceConfig
-from edge.camera.evaluation import ClipRun, Score, clip_config, count_clip, load_hand_counts, score_line
-from edge.camera.pipeline import CameraPipeline
+from edge.camera.evaluation import ClipRun, Score, load_hand_counts, score_line
+from tests.edge.camera.conftest import HAND_COUNTED
 
-DATA = Path(__file__).resolve().parents[2] / "data"
-SETS = sorted(DATA.glob("*.yaml"))
-LINES = [(path, line.name) for path in SETS for line in load_hand_counts(path)[0].lines]
+LINES = [(path, line.name) for path in HAND_COUNTED for line in load_hand_counts(path)[0].lines]
 # One pass over the 795 frames at input 416: under the load of several parallel jobs on the 2 cores it
 # took over 300 s, the suite's default per-test timeout.
 pytestmark = pytest.mark.timeout(900)
 MIN_PRECISION = 0.95
 MIN_RECALL = 0.95
-
-
-@pytest.fixture(scope="session")
-def clip_runs() -> dict[Path, ClipRun]:
-    default = OnnxModelConfig()  # the box's default model
-    try:
-        registry.prepare(default.id, default.input_size)
-    except registry.ModelError as exc:
-        pytest.skip(f"offline model unavailable: {exc}")
-    runs = {}
-    for path in SETS:
-        spec, _ = load_hand_counts(path)
-        try:
-            media.resolve_uri(spec.clip)
-        except media.MediaMissingError as exc:
-            pytest.skip(f"media file missing: {exc}")
-        cfg = clip_config(spec, CameraConfig(source=SourceConfig(uri=spec.clip)))
-        runs[path] = count_clip(CameraPipeline(cfg))
-    return runs
 
 
 def _scores(path: Path, line_name: str, run: ClipRun) -> dict[str, Score]:

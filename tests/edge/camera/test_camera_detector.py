@@ -13,9 +13,6 @@ import supervision as sv
 
 from edge.camera import registry
 from edge.camera.detector import OnnxDetector, class_names, letterbox, make_detections, nms
-from tests.edge.camera.conftest import read_frames
-
-SAMPLE_FRAMES = [0, 150, 300, 450, 600, 750, 900, 1050, 1200, 1350, 1500, 1650]
 
 
 def test_bus_jpg_finds_the_bus_and_the_people(detector_320: OnnxDetector, bus_image: np.ndarray) -> None:
@@ -28,10 +25,10 @@ def test_bus_jpg_finds_the_bus_and_the_people(detector_320: OnnxDetector, bus_im
 
 
 def test_street_footage_finds_people_cars_and_bicycles(
-    detector_320: OnnxDetector, sample_video: Path
+    detector_320: OnnxDetector, sample_frames: list[np.ndarray]
 ) -> None:
     seen: Counter[str] = Counter()
-    for frame in read_frames(sample_video, SAMPLE_FRAMES):
+    for frame in sample_frames:
         seen.update(class_names(detector_320.detect(frame)))
     assert seen["person"] >= 20
     assert seen["car"] >= 1
@@ -64,12 +61,11 @@ def _height_ratios(dets: sv.Detections, people: list[tuple[int, int, int, int]])
 
 @pytest.mark.parametrize("size", [320, 416])
 def test_person_boxes_are_as_tall_as_the_people_measured_by_hand(
-    size: int, bus_image: np.ndarray, vtest_video: Path
+    size: int, bus_image: np.ndarray, vtest_frame_300: np.ndarray
 ) -> None:
     """The shipped cfg's stride-16 anchor mask (0,1,2, not the trained 1,2,3) gave boxes ~0.5 tall."""
     det = OnnxDetector(registry.prepare("yolov3-tiny-coco", size), threads=2)
-    (frame,) = read_frames(vtest_video, [300])
-    ratios = _height_ratios(det.detect(frame), VTEST_300_PEOPLE)
+    ratios = _height_ratios(det.detect(vtest_frame_300), VTEST_300_PEOPLE)
     ratios += _height_ratios(det.detect(bus_image), BUS_PEOPLE)
     print(f"height ratios at {size}: {np.round(ratios, 2)}")
     assert len(ratios) >= 4
@@ -106,14 +102,14 @@ def _with_trained_masks(cfg_text: str) -> str:
 
 @pytest.mark.parametrize("size", [320, 416])
 def test_onnx_boxes_match_opencv_darknet_reference(
-    size: int, bus_image: np.ndarray, sample_video: Path, tmp_path: Path
+    size: int, bus_image: np.ndarray, sample_frames: list[np.ndarray], tmp_path: Path
 ) -> None:
     cfg, weights, _ = registry.source_files("yolov3-tiny-coco")
     fixed = tmp_path / "yolov3-tiny.cfg"  # OpenCV reads the cfg as is: give it the trained anchor masks
     fixed.write_text(_with_trained_masks(cfg.read_text(encoding="utf-8")), encoding="utf-8")
     net = cv2.dnn.readNetFromDarknet(str(fixed), str(weights))
     ours = OnnxDetector(registry.prepare("yolov3-tiny-coco", size), threads=2)
-    frames = [bus_image, *read_frames(sample_video, SAMPLE_FRAMES)]
+    frames = [bus_image, *sample_frames]
     matched = total = 0
     for frame in frames:
         ref = _opencv_reference(net, frame, size, ours)

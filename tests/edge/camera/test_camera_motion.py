@@ -4,26 +4,22 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import cv2
+import pytest
 
-from edge.camera.camera_motion import CameraMotionDetector
 from edge.camera.config import SourceConfig, load_config
+from edge.camera.evaluation import ClipRun
 from edge.camera.pipeline import CameraPipeline
 
 SAMPLE_CONFIG = Path(__file__).resolve().parents[3] / "edge" / "camera" / "sample-camera.yaml"
 
 
-def test_fixed_camera_is_never_taken_for_a_moving_one(vtest_video: Path) -> None:
-    """People walk and tape flutters all through vtest.avi; the camera stays put."""
-    detector = CameraMotionDetector()
-    cap = cv2.VideoCapture(str(vtest_video))  # read in order: seeking per frame is slow
-    states = []
-    for i in range(200):
-        ok, frame = cap.read()
-        assert ok
-        states.append(detector.update(frame, i * 0.1))
-    cap.release()
-    assert not any(s.moving for s in states)
+@pytest.mark.timeout(900)  # may be the test that sets up the whole-clip run (test_camera_counting.py)
+def test_fixed_camera_is_never_taken_for_a_moving_one(clip_runs: dict[Path, ClipRun]) -> None:
+    """People walk and tape flutters all through vtest.avi; the camera stays put. Judged on the box's
+    own run over the whole clip at its defaults, the one the counting tests score."""
+    run = next(r for p, r in clip_runs.items() if "vtest" in p.stem)
+    assert run.frames >= 795
+    assert run.camera_moving_frames == 0
 
 
 def test_moving_camera_reports_no_crossing_speed_or_congestion(model_320: Path, sample_video: Path) -> None:

@@ -18,7 +18,6 @@ from edge.camera.config import CameraConfig, SourceConfig
 from edge.camera.detector import OnnxDetector, class_names
 from edge.camera.pipeline import SNAPSHOT_CONF, read_with_motion
 from edge.camera.snapshot import MAX_SIDE, READABLE_PX, redact, snapshot_jpeg
-from tests.edge.camera.conftest import read_frames
 from tests.edge.camera.test_camera_detector import VTEST_300_PEOPLE
 
 FACES = cv2.CascadeClassifier(cv2.data.haarcascades + "haarcascade_frontalface_default.xml")
@@ -65,10 +64,10 @@ def test_snapshot_is_small_and_hides_every_face(
         assert _detail(snap, sky) > 0.7 * _detail(plain, sky)
 
 
-def test_without_any_detection_faces_on_camera_footage_are_below_readable_size(vtest_video: Path) -> None:
+def test_without_any_detection_faces_on_camera_footage_are_below_readable_size(vtest_frame_300: np.ndarray) -> None:
     """Layer 1 alone (detector off, nothing moving): on a fixed camera's frame every hand-measured
     person's head spans fewer than READABLE_PX snapshot pixels."""
-    (frame,) = read_frames(vtest_video, [300])
+    frame = vtest_frame_300
     snap = _decode(snapshot_jpeg(frame, sv.Detections.empty()))
     scale = snap.shape[1] / frame.shape[1]
     assert max(snap.shape[:2]) == MAX_SIDE
