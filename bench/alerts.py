@@ -200,7 +200,8 @@ def main() -> None:
                 if time.time() > deadline:
                     raise RuntimeError(f"evaluator never became active: {(root / 'alerts.log').read_text()}")
                 time.sleep(0.5)
-        _, bg_procs = run_load(stack.mqtt_port, loud, int(args.rate * 3600), 1, 500, args.rate, "raw")
+        _, bg_procs = run_load(stack.mqtt_port, loud, int(args.rate * 3600), 1, 500, args.rate, "raw",
+                               stack.credentials("bench"))  # the broker lets nobody in anonymously
         print(f"{backend} backend; {args.devices:,} devices, {len(rule_defs)} rules; background "
               f"{args.rate:,.0f} msg/s QoS 1 from {len(loud)} of them; warming up 15 s …", flush=True)
         time.sleep(15)
