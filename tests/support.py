@@ -6,11 +6,14 @@ import ssl
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import TypeVar
 
 import paho.mqtt.client as mqtt
+import psycopg
 from paho.mqtt.enums import CallbackAPIVersion
+from psycopg import sql
 
 from ioc.stack import Stack
 
@@ -27,6 +30,30 @@ def wait_until(probe: Callable[[], T], timeout: float = 30.0, interval: float = 
         time.sleep(interval)
         last = probe()
     return last
+
+
+@contextmanager
+def scratch_database(stack: Stack, prefix: str = "t") -> Iterator[str]:
+    """An empty database on the test server (its DSN), dropped afterwards. On TimescaleDB the extension's
+    per-database job scheduler runs without a role, and DROP ... WITH (FORCE) by a non-superuser fails
+    ("must be a member of the role whose process is being terminated") if it catches the scheduler starting:
+    the drop stops the scheduler first, so trying again succeeds."""
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(stack.dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        yield stack.dsn.rsplit("/", 1)[0] + "/" + name
+    finally:
+        drop = sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name))
+        for attempt in range(50):
+            try:
+                with psycopg.connect(stack.dsn, autocommit=True) as conn:
+                    conn.execute(drop)
+                break
+            except (psycopg.errors.InsufficientPrivilege, psycopg.errors.ObjectInUse):
+                if attempt == 49:
+                    raise
+                time.sleep(0.2)
 
 
 def mqtt_login(stack: Stack, service: str = "admin") -> dict[str, str]:

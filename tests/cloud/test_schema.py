@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 
 import psycopg
 import pytest
-from psycopg import sql
+from support import scratch_database
 
 from cloud.db.maintenance import run_maintenance
 from cloud.db.migrate import available_migrations, migrate
@@ -17,12 +16,8 @@ from ioc.stack import Stack
 @pytest.fixture
 def fresh_db(stack: Stack) -> Iterator[str]:
     """An empty database on the test server, dropped afterwards."""
-    name = f"t_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(stack.dsn, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    yield stack.dsn.rsplit("/", 1)[0] + "/" + name
-    with psycopg.connect(stack.dsn, autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
+    with scratch_database(stack) as dsn:
+        yield dsn
 
 
 def test_migrations_are_idempotent_and_record_the_backend(fresh_db: str, backend: str) -> None:

@@ -6,13 +6,11 @@ upkeep runs any job that lags, so compression and retention happen on schedule e
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Iterator
 
 import psycopg
 import pytest
-from psycopg import sql
-from support import wait_until
+from support import scratch_database, wait_until
 
 from cloud.db.maintenance import run_maintenance
 from cloud.db.migrate import migrate
@@ -28,14 +26,9 @@ DAY_MS = 86_400_000
 @pytest.fixture
 def fresh_dsn(stack: Stack) -> Iterator[str]:
     """A database of its own, so no other test's ingest runs upkeep on it meanwhile."""
-    name = f"tj_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(stack.dsn, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    dsn = stack.dsn.rsplit("/", 1)[0] + "/" + name
-    migrate(dsn, "timescale")
-    yield dsn
-    with psycopg.connect(stack.dsn, autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
+    with scratch_database(stack, "tj") as dsn:
+        migrate(dsn, "timescale")
+        yield dsn
 
 
 def _batch(device: str, stamps: list[int], value: float) -> list[Decoded]:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from support import scratch_database
 
 from ioc.stack import StackError, scratch_dir
 from ioc.stack.mosquitto import find_binary
@@ -125,20 +126,10 @@ def test_a_stale_pid_file_naming_another_program_is_never_signalled(tmp_path: Pa
 
 
 def test_commands_on_a_database_without_schema_say_to_migrate(stack: object) -> None:
-    import psycopg
-    from psycopg import sql
-
-    name = f"empty_{os.getpid()}"
-    dsn = stack.dsn  # type: ignore[attr-defined]
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    try:
-        out = ioc("ingest", "--stats", "--dsn", dsn.rsplit("/", 1)[0] + "/" + name, check=False)
+    with scratch_database(stack, "empty") as dsn:  # type: ignore[arg-type]
+        out = ioc("ingest", "--stats", "--dsn", dsn, check=False)
         assert out.returncode == 1
         assert "ioc db migrate" in out.stdout
-    finally:
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
 def test_stack_backend_choice_status_jobs_and_a_server_that_does_not_preload_timescale(backend: str) -> None:
