@@ -34,10 +34,10 @@ def wait_until(probe: Callable[[], T], timeout: float = 30.0, interval: float = 
 
 @contextmanager
 def scratch_database(stack: Stack, prefix: str = "t") -> Iterator[str]:
-    """An empty database on the test server (its DSN), dropped afterwards. On TimescaleDB the extension's
-    per-database job scheduler runs without a role, and DROP ... WITH (FORCE) by a non-superuser fails
-    ("must be a member of the role whose process is being terminated") if it catches the scheduler starting:
-    the drop stops the scheduler first, so trying again succeeds."""
+    """An empty database on the test server (its DSN), dropped afterwards. On TimescaleDB a DROP ... WITH
+    (FORCE) by a non-superuser can meet one of the extension's background workers while it starts (no role
+    yet: "must be a member of the role whose process is being terminated"); the drop stops the database's
+    workers, so trying again succeeds."""
     name = f"{prefix}_{uuid.uuid4().hex[:10]}"
     with psycopg.connect(stack.dsn, autocommit=True) as conn:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
