@@ -41,7 +41,12 @@ def _login_ok(port: int, username: str, password: str) -> bool:
     c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"b-{uuid.uuid4().hex[:6]}", protocol=mqtt.MQTTv5)
     c.username_pw_set(username, password)
     done, ok = threading.Event(), []
-    c.on_connect = lambda _c, _u, _f, rc, _p=None: (ok.append(not rc.is_failure), done.set())
+
+    def on_connect(_c: mqtt.Client, _u: object, _f: object, rc: mqtt.ReasonCode, _p: object = None) -> None:
+        ok.append(not rc.is_failure)
+        done.set()
+
+    c.on_connect = on_connect
     c.on_disconnect = lambda *_a: done.set()
     try:
         c.connect("127.0.0.1", port)
