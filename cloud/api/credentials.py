@@ -84,7 +84,7 @@ class BrokerAuth:
                     row = await cur.fetchone()
                 if row is not None and row[0]:
                     await self.apply(pool, only_if_expired=True)
-            except (psycopg.Error, OSError) as e:
+            except (psycopg.Error, OSError, ValueError) as e:  # the next check retries; nothing was revoked
                 log.warning("certificate grace check failed: %s", e)
             await asyncio.sleep(interval_s)
 
