@@ -5,7 +5,11 @@ them (SIGHUP: no restart, and a revoked device's open connection is dropped).
 Off unless `ApiSettings.broker_auth_dir` is set (`ioc api` sets it for the local stack, whose broker
 requires a login); the stack's service logins in that folder are kept in every render. Rotation replaces
 the password at once: with the username pinned to the device id there is one password per device, so a
-grace period for the old one is not possible on Mosquitto 2.0's password file.
+grace period for the old one is not possible on Mosquitto 2.0's password file (docs/security.md).
+
+Certificates do rotate with a grace period: a new certificate leaves the device's earlier ones valid until
+`grace_until`; every render first revokes those whose grace has passed, and each API process checks for
+them periodically (`expire_forever`), so the CRL follows without any request.
 """
 
 from __future__ import annotations
@@ -15,15 +19,20 @@ import logging
 from pathlib import Path
 from typing import cast
 
+import psycopg
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
+from cloud.api import audit
+from cloud.api.auth import Principal, Role
 from ioc.stack import broker_auth as ba
 from ioc.stack import tls
 
 log = logging.getLogger(__name__)
 TRAILING_RELOAD_S = 1.0
 RENDER_LOCK_ID = 0x10C_0091  # advisory lock: one API process at a time renders the broker's files
+GRACE_EXPIRY = Principal(token_id="grace-expiry", name="registry", role=Role.admin)  # the audit log's actor
+_DUE = "revoked_at IS NULL AND grace_until <= now()"  # superseded certificates whose grace has passed
 
 
 class BrokerAuth:
@@ -51,12 +60,50 @@ class BrokerAuth:
         await conn.execute("UPDATE device_certificates SET revoked_at = now() WHERE device_id = %s"
                            " AND revoked_at IS NULL", (device_id,))
 
-    async def apply(self, pool: AsyncConnectionPool) -> None:
+    async def supersede_certificates(self, conn: AsyncConnection, device_id: str, keep: int,
+                                     grace_s: int) -> list[int]:
+        """The device's other valid certificates stay valid `grace_s` more seconds (an earlier, shorter grace
+        is kept), or are revoked now with 0; in the caller's transaction. Returns their serials."""
+        if grace_s == 0:
+            cur = await conn.execute("UPDATE device_certificates SET revoked_at = now() WHERE device_id = %s"
+                                     " AND serial <> %s AND revoked_at IS NULL RETURNING serial", (device_id, keep))
+        else:
+            cur = await conn.execute(
+                "UPDATE device_certificates SET grace_until = LEAST(COALESCE(grace_until, 'infinity'),"
+                " now() + %s * interval '1 second') WHERE device_id = %s AND serial <> %s AND revoked_at IS NULL"
+                " RETURNING serial", (grace_s, device_id, keep))
+        return sorted(int(r[0]) for r in await cur.fetchall())
+
+    async def expire_forever(self, pool: AsyncConnectionPool, interval_s: float) -> None:
+        """Put certificates on the CRL once their grace has passed, in every API process: the check is one
+        indexed query; the render's advisory lock lets one process revoke each and the others find none."""
+        while True:
+            try:
+                async with pool.connection() as conn:
+                    cur = await conn.execute(f"SELECT EXISTS (SELECT 1 FROM device_certificates WHERE {_DUE})")
+                    row = await cur.fetchone()
+                if row is not None and row[0]:
+                    await self.apply(pool, only_if_expired=True)
+            except (psycopg.Error, OSError, ValueError) as e:  # the next check retries; nothing was revoked
+                log.warning("certificate grace check failed: %s", e)
+            await asyncio.sleep(interval_s)
+
+    async def apply(self, pool: AsyncConnectionPool, *, only_if_expired: bool = False) -> None:
         """Render both files from what is committed now and make the broker reload them. Serialised within
         this process and, by an advisory lock held until the files are written, across API processes, so the
-        last render always includes every change committed before it started."""
+        last render always includes every change committed before it started. Certificates whose grace has
+        passed are revoked (and audited) in the same transaction, so a failed render revokes nothing.
+        only_if_expired: render only when that revoked any (the periodic check)."""
         async with self._lock, pool.connection() as conn, conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock(%s)", (RENDER_LOCK_ID,))
+            cur = await conn.execute(f"UPDATE device_certificates SET revoked_at = now() WHERE {_DUE}"
+                                     " RETURNING device_id, serial, grace_until")
+            expired = await cur.fetchall()
+            await audit.record_many(conn, GRACE_EXPIRY, "certificate.revoke", [
+                (d, None, {"serial": str(s), "reason": "grace period over", "grace_until": g.isoformat()})
+                for d, s, g in expired])
+            if only_if_expired and not expired:
+                return
             cur = await conn.execute("SELECT username, device_id, role, password_hash FROM broker_credentials"
                                      " WHERE revoked_at IS NULL ORDER BY username")
             rows = await cur.fetchall()

@@ -114,7 +114,9 @@ class DevicesCreated(BaseModel):
 
 class CredentialsIssued(BaseModel):
     username: str
-    password: str = Field(description="shown only now; the old password stops working at once")
+    password: str = Field(description=(
+        "shown only now; the old password stops working at once (no grace period: Mosquitto 2.0 keeps one "
+        "password per username; certificates rotate with one, see POST /devices/{device_id}/certificate)"))
 
 
 class TokenCreate(_Request):

@@ -31,6 +31,9 @@ class ApiSettings(BaseSettings):
     token_cache_s: float = Field(default=5.0, ge=0, le=300, description=(
         "how long a checked API token is trusted without a query; revoking through the API takes effect at once"))
     sweep_interval_s: float = Field(default=0.5, gt=0, le=60, description="how often open commands are checked")
+    certificate_check_interval_s: float = Field(default=10.0, gt=0, le=600, description=(
+        "how often each API process looks for superseded device certificates whose grace period has passed "
+        "(they then go on the broker's CRL); the lateness of a revocation is at most this"))
 
     def to_env(self) -> dict[str, str]:
         """These settings as the `IOC_API_*` variables `app_from_env` reads: how `ioc api --workers N` hands

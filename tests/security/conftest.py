@@ -43,7 +43,7 @@ def tech(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[htt
     settings = ApiSettings(dsn=stack.dsn, mqtt_host=stack.mqtt_host, mqtt_port=stack.mqtt_port,
                            admin_token_file=token_file, client_id=f"registry-sec-{uuid.uuid4().hex[:6]}",
                            broker_auth_dir=stack.mosquitto.auth_dir, broker_pid_file=stack.mosquitto.pid_file,
-                           broker_ca_dir=stack.mosquitto.tls_dir,
+                           broker_ca_dir=stack.mosquitto.tls_dir, certificate_check_interval_s=0.5,
                            **mqtt_login(stack, "registry"))
     port = _free_port()
     server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning"))

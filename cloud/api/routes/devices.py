@@ -148,7 +148,9 @@ async def retire_device(conn: Conn, who: Technician, pool: Pool, broker_auth: Br
 @router.post("/{device_id}/credentials", response_model=CredentialsIssued, status_code=status.HTTP_201_CREATED)
 async def rotate_credentials(conn: Conn, who: Technician, pool: Pool, broker_auth: BrokerAuthDep,
                              device_id: str) -> CredentialsIssued:
-    """A new broker password for the device (shown once); the old one stops working at once."""
+    """A new broker password for the device (shown once); the old one stops working at once: Mosquitto 2.0
+    keeps one password per username, so there is no grace period (docs/security.md). For rotation without
+    cutting the box off, use mutual TLS: `POST /devices/{device_id}/certificate` has a grace period."""
     if broker_auth is None:
         raise HTTPException(status.HTTP_409_CONFLICT, "this registry does not issue broker credentials")
     async with conn.transaction():

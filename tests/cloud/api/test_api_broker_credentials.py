@@ -1,9 +1,11 @@
 """Broker credentials issued by the registry (auth switched on for this test's own Mosquitto): a device
 created through the API connects with its password and its telemetry is ingested; wrong, rotated-out and
-revoked passwords are refused, and retiring drops the open connection."""
+revoked passwords are refused, and retiring drops the open connection. Also the broker fact that rules out
+a grace period for a rotated password."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pwd
@@ -31,6 +33,7 @@ from ioc.stack import Stack
 from ioc.stack import broker_auth as ba
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+DYNSEC = "/usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so"
 
 
 def _connect(port: int, username: str, password: str) -> tuple[bool, mqtt.Client]:
@@ -44,24 +47,67 @@ def _connect(port: int, username: str, password: str) -> tuple[bool, mqtt.Client
     return result[0], c
 
 
-@pytest.fixture
-def auth_broker(tmp_path: Path) -> Iterator[tuple[int, Path, Path]]:
-    auth, port = tmp_path / "auth", free_port()
-    ba.install(auth, [], [])
-    pid_file = tmp_path / "mosquitto.pid"
-    conf = tmp_path / "mosquitto.conf"
+@contextlib.contextmanager
+def _broker(folder: Path, before_listener: str = "") -> Iterator[tuple[int, Path, Path]]:
+    """A Mosquitto of its own requiring the files in folder/auth (made empty if absent): (port, auth, pid file)."""
+    auth, port = folder / "auth", free_port()
+    if not (auth / ba.PASSWORD_FILE).exists():
+        ba.install(auth, [], [])
+    pid_file = folder / "mosquitto.pid"
+    conf = folder / "mosquitto.conf"
     conf.write_text(f"user {pwd.getpwuid(os.geteuid()).pw_name}\npid_file {pid_file}\npersistence false\n"
-                    f"per_listener_settings false\nlistener {port} 127.0.0.1\n" + ba.config_lines(auth))
+                    f"per_listener_settings false\n{before_listener}listener {port} 127.0.0.1\n"
+                    + ba.config_lines(auth))
     proc = subprocess.Popen([MOSQUITTO, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def listening() -> bool:
         with socket.socket() as s:
             return s.connect_ex(("127.0.0.1", port)) == 0
 
-    wait_until(lambda: listening() and pid_file.exists(), what="the auth broker")
-    yield port, auth, pid_file
-    proc.terminate()
-    proc.wait(10)
+    try:
+        wait_until(lambda: listening() and pid_file.exists(), what="the auth broker")
+        yield port, auth, pid_file
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+@pytest.fixture
+def auth_broker(tmp_path: Path) -> Iterator[tuple[int, Path, Path]]:
+    with _broker(tmp_path) as running:
+        yield running
+
+
+def _login_works(port: int, username: str, password: str) -> bool:
+    ok, c = _connect(port, username, password)
+    c.loop_stop()
+    c.disconnect()
+    return ok
+
+
+def test_mosquitto_has_one_password_per_username_so_passwords_rotate_at_once(tmp_path: Path) -> None:
+    """Why password rotation has no grace period (docs/security.md): if a broker upgrade lets one username
+    log in with two passwords, this fails and a grace period becomes possible."""
+    old, new = ba.new_password(), ba.new_password()
+    auth = tmp_path / "auth"
+    ba.install(auth, [], [])
+    (auth / ba.PASSWORD_FILE).write_text(f"gw-1:{ba.hash_password(old)}\ngw-1:{ba.hash_password(new)}\n")
+    with _broker(tmp_path) as (port, _, _):
+        assert [_login_works(port, "gw-1", old), _login_works(port, "gw-1", new)] == [False, True]
+
+    # The dynamic-security plugin beside the password file: a username it knows is decided by it alone.
+    _, _, iterations, salt, digest = ba.hash_password(old).split("$")
+    dynsec = tmp_path / "dynsec.json"
+    dynsec.write_text(json.dumps({
+        "defaultACLAccess": {"publishClientSend": False, "publishClientReceive": False, "subscribe": False,
+                             "unsubscribe": True},
+        "clients": [{"username": "gw-1", "roles": [], "password": digest, "salt": salt,
+                     "iterations": int(iterations)}], "groups": [], "roles": []}))
+    ba.install(auth, [ba.DeviceGrant("gw-1", ba.hash_password(new), "gw-1", ""),
+                      ba.DeviceGrant("gw-2", ba.hash_password(new), "gw-2", "")], [])
+    with _broker(tmp_path, f"plugin {DYNSEC}\nplugin_opt_config_file {dynsec}\n") as (port, _, _):
+        assert _login_works(port, "gw-2", new)  # the password file still counts for a name dynsec lacks...
+        assert [_login_works(port, "gw-1", old), _login_works(port, "gw-1", new)] == [True, False]  # ...not beside
 
 
 def test_registry_issues_rotates_and_revokes_broker_credentials(

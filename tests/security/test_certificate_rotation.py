@@ -1,0 +1,81 @@
+"""Certificate rotation with a grace period on the stack's real broker (mutual-TLS port): the old
+certificate keeps connecting during the grace and is refused after it, without any request (the API's own
+periodic check puts it on the CRL and reloads the broker); the new one keeps working; revoke-now works."""
+
+from __future__ import annotations
+
+import ssl
+from pathlib import Path
+
+import httpx
+import psycopg
+from support import tls_connack, wait_until
+from test_broker_tls import _csr, _new
+
+from ioc.stack import Stack, tls
+
+
+def _box(tech: httpx.Client, device_id: str, tmp: Path, name: str, **body: int) -> tuple[str, ssl.SSLContext]:
+    """A box's new key and the certificate the registry signs for it: (serial, TLS context holding both)."""
+    folder = tmp / name
+    folder.mkdir()
+    csr, key_file = _csr(device_id, folder)
+    r = tech.post(f"/devices/{device_id}/certificate", json={"csr": csr, **body})
+    assert r.status_code == 201, r.text
+    (folder / "box.crt").write_text(r.json()["certificate"])
+    ctx = ssl.create_default_context(cafile=str(tmp / "ca.crt"))
+    ctx.load_cert_chain(str(folder / "box.crt"), str(key_file))
+    return r.json()["serial"], ctx
+
+
+def _statuses(tech: httpx.Client, device_id: str) -> dict[str, str]:
+    r = tech.get(f"/devices/{device_id}/certificates")
+    assert r.status_code == 200, r.text
+    return {c["serial"]: c["status"] for c in r.json()}
+
+
+def test_rotated_certificate_works_during_grace_and_is_refused_after(
+        stack: Stack, tech: httpx.Client, db: psycopg.Connection, tmp_path: Path) -> None:
+    port = stack.mosquitto.mtls_port
+    (tmp_path / "ca.crt").write_bytes((stack.mosquitto.tls_dir / tls.CA_CERT).read_bytes())
+    device_id, _ = _new(tech, "rotation")
+    old_serial, old = _box(tech, device_id, tmp_path, "old")
+    assert tls_connack(port, old)
+
+    new_serial, new = _box(tech, device_id, tmp_path, "new", grace_s=3600)
+    assert _statuses(tech, device_id) == {old_serial: "grace", new_serial: "valid"}
+    assert tls_connack(port, old), "the old certificate must keep working during the grace period"
+    assert tls_connack(port, new)
+
+    # The grace period passes (the clock moved on): nothing but the API's own periodic check acts on it.
+    db.execute("UPDATE device_certificates SET grace_until = now() WHERE serial = %s", (int(old_serial),))
+    wait_until(lambda: not tls_connack(port, old), what="the rotated-out certificate refused after its grace")
+    assert tls_connack(port, new)
+    assert _statuses(tech, device_id) == {old_serial: "revoked", new_serial: "valid"}
+    audit = tech.get("/audit", params={"target": device_id}).json()
+    revokes = [e for e in audit["items"] if e["action"] == "certificate.revoke"]
+    assert [(e["after"]["serial"], e["actor"]) for e in revokes] == [(old_serial, "registry (grace-expiry)")]
+
+    # grace_s 0 revokes the earlier certificate at once; revoke-now works on any one.
+    third_serial, third = _box(tech, device_id, tmp_path, "third", grace_s=0)
+    wait_until(lambda: not tls_connack(port, new), what="the certificate replaced with grace_s 0 refused")
+    assert tls_connack(port, third)
+    r = tech.delete(f"/devices/{device_id}/certificates/{third_serial}")
+    assert r.status_code == 200, r.text
+    assert r.json()["status"] == "revoked"
+    wait_until(lambda: not tls_connack(port, third), what="the revoked-now certificate refused")
+    assert tech.delete(f"/devices/{device_id}/certificates/{third_serial}").status_code == 200  # harmless twice
+
+
+def test_certificate_rotation_refuses_bad_input(tech: httpx.Client, tmp_path: Path) -> None:
+    device_id, _ = _new(tech, "rotation")
+    csr, _ = _csr(device_id, tmp_path)
+    too_long = tech.post(f"/devices/{device_id}/certificate", json={"csr": csr, "grace_s": 8 * 86_400})
+    assert too_long.status_code == 422
+    assert "grace_s" in too_long.json()["detail"]
+    assert tech.get(f"/devices/{device_id}/certificates").json() == []  # nothing signed
+    assert tech.delete(f"/devices/{device_id}/certificates/12345").status_code == 404
+    bad = tech.delete(f"/devices/{device_id}/certificates/not-a-serial")
+    assert bad.status_code == 422
+    assert "serial" in bad.json()["detail"]
+    assert tech.get("/devices/no-such-device/certificates").status_code == 404
