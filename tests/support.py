@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import socket
 import ssl
 import threading
 import time
@@ -12,9 +14,13 @@ from typing import TypeVar
 
 import paho.mqtt.client as mqtt
 import psycopg
+import uvicorn
 from paho.mqtt.enums import CallbackAPIVersion
 from psycopg import sql
 
+from cloud.api.app import create_app
+from cloud.api.auth import Role, create_token
+from cloud.api.settings import ApiSettings
 from ioc.stack import Stack
 
 T = TypeVar("T")
@@ -101,3 +107,43 @@ def tls_connack(port: int, ctx: ssl.SSLContext, username: str | None = None, pas
     c.loop_stop()
     c.disconnect()
     return bool(ok and ok[0])
+
+
+def admin_token(dsn: str, name: str) -> str:
+    """An admin token of the tests' own: the API writes its bootstrap token only where no admin exists yet,
+    and other test folders' APIs share the session's database."""
+    async def make() -> str:
+        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+            return (await create_token(conn, name, Role.admin, "tests"))[1]
+    return asyncio.run(make())
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Server:
+    """uvicorn in a thread: the app's lifespan runs as in production."""
+
+    def __init__(self, settings: ApiSettings) -> None:
+        self.port = free_port()
+        self._server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=self.port,
+                                                     log_level="warning"))
+        self._thread = threading.Thread(target=self._server.run, daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + 30
+        while not self._server.started:
+            assert self._thread.is_alive(), "the API thread ended before it started serving"
+            assert time.monotonic() < deadline, "the API did not start"
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        self._server.should_exit = True
+        self._thread.join(15)
+
+
+def serve(settings: ApiSettings) -> tuple[Server, str]:
+    server = Server(settings)
+    return server, f"http://127.0.0.1:{server.port}"

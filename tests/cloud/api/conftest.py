@@ -7,23 +7,22 @@ from collections.abc import Callable, Iterator
 
 import httpx
 import pytest
-from api_helpers import RunningApi, serve
-from support import mqtt_login
+from api_helpers import RunningApi
+from support import admin_token, mqtt_login, serve
 
 from cloud.api.settings import ApiSettings
 from ioc.stack import Stack
 
 
 @pytest.fixture(scope="session")
-def api(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningApi]:
-    token_file = tmp_path_factory.mktemp("api") / "api-admin-token"
+def api(stack: Stack) -> Iterator[RunningApi]:
     settings = ApiSettings(dsn=stack.dsn, mqtt_host=stack.mqtt_host, mqtt_port=stack.mqtt_port,
-                           admin_token_file=token_file, client_id=f"registry-test-{uuid.uuid4().hex[:6]}",
+                           client_id=f"registry-test-{uuid.uuid4().hex[:6]}",
                            sweep_interval_s=0.2, **mqtt_login(stack, "registry"),
                            broker_auth_dir=stack.mosquitto.auth_dir if stack.broker_auth else None,
                            broker_pid_file=stack.mosquitto.pid_file)
     server, url = serve(settings)
-    yield RunningApi(url, token_file.read_text().strip(), token_file)
+    yield RunningApi(url, admin_token(stack.dsn, "api-tests"))
     server.stop()
 
 

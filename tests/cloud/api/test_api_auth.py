@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import stat
 from collections.abc import Callable
+from pathlib import Path
 
 import httpx
+import psycopg
 from api_helpers import RunningApi, new_device
+from support import scratch_database
+
+from cloud.api.auth import Role, ensure_admin_token, lookup
+from cloud.db.migrate import migrate
+from ioc.stack import Stack
 
 
 def _routes(api: RunningApi) -> list[tuple[str, str]]:
@@ -19,10 +27,27 @@ def _fill(path: str) -> str:
             .replace("{command_id}", "00000000-0000-0000-0000-000000000000"))
 
 
-def test_bootstrap_admin_token_is_private(api: RunningApi) -> None:
-    mode = stat.S_IMODE(api.token_file.stat().st_mode)
-    assert mode == 0o600
-    assert api.admin_token.startswith("ioc_")
+def test_the_first_start_writes_a_private_admin_token_and_later_starts_keep_it(stack: Stack, tmp_path: Path) -> None:
+    path = tmp_path / "api-admin-token"
+
+    async def start() -> bool:
+        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+            return await ensure_admin_token(conn, path)
+
+    async def role_of(token: str) -> Role | None:
+        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+            principal = await lookup(conn, token)
+        return principal.role if principal else None
+
+    with scratch_database(stack, "boot") as dsn:  # a database where no admin exists yet
+        migrate(dsn)
+        assert asyncio.run(start())
+        token = path.read_text().strip()
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        assert token.startswith("ioc_")
+        assert asyncio.run(role_of(token)) == Role.admin
+        assert not asyncio.run(start())  # an admin exists: no second token, the file is left alone
+        assert path.read_text().strip() == token
 
 
 def test_every_route_refuses_without_a_valid_token(api: RunningApi) -> None:

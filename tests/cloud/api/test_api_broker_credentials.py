@@ -22,9 +22,8 @@ import httpx
 import paho.mqtt.client as mqtt
 import psycopg
 import pytest
-from api_helpers import free_port, serve
 from paho.mqtt.enums import CallbackAPIVersion
-from support import mqtt_login, wait_until
+from support import free_port, mqtt_login, serve, wait_until
 
 from cloud.api.settings import ApiSettings
 from cloud.ingest.service import IngestService

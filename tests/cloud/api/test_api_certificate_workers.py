@@ -9,9 +9,9 @@ from pathlib import Path
 
 import httpx
 import psycopg
-from api_helpers import new_device, serve
+from api_helpers import new_device
 from cryptography import x509
-from support import mqtt_login, wait_until
+from support import mqtt_login, serve, wait_until
 
 from cloud.api.settings import ApiSettings
 from ioc.stack import Stack, tls

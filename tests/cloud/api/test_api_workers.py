@@ -17,11 +17,11 @@ import httpx
 import paho.mqtt.client as mqtt
 import psycopg
 import pytest
-from api_helpers import RunningApi, Server, free_port, new_device, serve
+from api_helpers import RunningApi, new_device
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
-from support import login, mqtt_env, mqtt_login, wait_until
+from support import Server, free_port, login, mqtt_env, mqtt_login, serve, wait_until
 
 from cloud.api.settings import ApiSettings
 from ioc.stack import Stack
