@@ -38,7 +38,7 @@ def main() -> None:
     for size in args.sizes:
         registry.prepare(registry.DEFAULT_MODEL, size)  # convert outside the timed runs
     header = (
-        f"{'clip':<10} {'line':<10} {'input':>5} {'gate':>4} {'dir':>3} {'hand':>4} {'counted':>7} "
+        f"{'clip':<10} {'line':<11} {'input':>5} {'gate':>4} {'dir':>3} {'hand':>4} {'counted':>7} "
         f"{'P':>5} {'R':>5} {'fps':>6} {'x1st':>5} {'CPU%':>5} {'det runs':>8}"
     )
     print(header)
@@ -62,13 +62,13 @@ def main() -> None:
                     scores = score_line(truth[line.name], run.crossings[line.name], span, spec.tolerance_frames)
                     for direction, s in scores.items():
                         print(
-                            f"{spec.clip:<10} {line.name:<10} {size:>5} {gate:>4} {direction:>3} {s.truth:>4} "
+                            f"{spec.clip:<10} {line.name:<11} {size:>5} {gate:>4} {direction:>3} {s.truth:>4} "
                             f"{s.counted:>7} {s.precision:>5.2f} {s.recall:>5.2f} {fps:>6.1f} {fps / first_fps:>5.2f} "
                             f"{cpu:>5.0f} "
                             f"{run.detector_runs:>4}/{run.frames}"
                         )
                         if s.misses or s.extra:
-                            print(f"{'':<21}missed frames {s.misses}, extra {s.extra}")
+                            print(f"{'':<22}missed frames {s.misses}, extra {s.extra}")
                 sys.stdout.flush()
 
 

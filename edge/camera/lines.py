@@ -13,7 +13,8 @@ must not depend on one track id:
   one box height), so the fragment after the line does not count again, and the one before it still
   counts the crossing it completes;
 - a crossing in the same direction at the same place along the line within `dedupe_s` of another
-  track's crossing is the same object seen twice (a duplicate track) and is not counted again.
+  track's crossing is the same object seen twice (a duplicate track) and is not counted again - unless
+  that other track is still seen in the same frame: then it is a second object walking alongside.
 """
 
 from __future__ import annotations
@@ -96,10 +97,15 @@ class LineCounter:
                 best, best_d = other, d
         return self.sides.pop(best) if best is not None else None
 
-    def _duplicate(self, t: float, u: float, direction: str, tid: int, size: float) -> bool:
+    def _duplicate(self, t: float, u: float, direction: str, tid: int, size: float, present: set[int]) -> bool:
+        """Another track crossed here just before and is gone now: a fragment of this object. One still
+        seen beside this one in the same frame is another object (a companion walking alongside)."""
         self.recent = [r for r in self.recent if t - r[0] <= self.cfg.dedupe_s]
         reach = 0.5 * size / self.length
-        return any(d == direction and other != tid and abs(v - u) <= reach for _, v, d, other in self.recent)
+        return any(
+            d == direction and other != tid and other not in present and abs(v - u) <= reach
+            for _, v, d, other in self.recent
+        )
 
     def trigger_points(
         self,
@@ -116,6 +122,7 @@ class LineCounter:
             t = self._tick
         pts = np.asarray(points, np.float64).reshape(-1, 2)
         ids = [int(i) for i in tracker_ids]
+        present = set(ids)
         size_list = list(sizes) if sizes is not None else [DEFAULT_SIZE_PX] * len(ids)
         dist = self._signed_distance(pts)
         out: list[Crossing] = []
@@ -138,7 +145,7 @@ class LineCounter:
             if u is None or not 0.0 <= u <= 1.0:
                 continue
             direction: Direction = "in" if (sign > 0) != self.cfg.invert else "out"
-            if self._duplicate(t, u, direction, tid, float(size)):
+            if self._duplicate(t, u, direction, tid, float(size), present):
                 continue
             self.recent.append((t, u, direction, tid))
             self.counts[(str(name), direction)] += 1

@@ -15,7 +15,7 @@ import pytest
 from edge.camera.evaluation import ClipRun, Score, load_hand_counts, score_line
 from tests.edge.camera.conftest import HAND_COUNTED
 
-LINES = [(path, line.name) for path in HAND_COUNTED for line in load_hand_counts(path)[0].lines]
+LINES = [(path, line.name) for path in HAND_COUNTED for line in load_hand_counts(path)[0].lines if line.asserted]
 # One pass over the 795 frames at input 416: under the load of several parallel jobs on the 2 cores it
 # took over 300 s, the suite's default per-test timeout.
 pytestmark = pytest.mark.timeout(900)

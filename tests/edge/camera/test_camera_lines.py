@@ -108,3 +108,18 @@ def test_wrong_way_and_class_filter() -> None:
 
 def test_fast_object_skipping_frames_is_still_counted() -> None:
     assert feed(horizontal(), {1: ("car", [(100, 20), (100, 190)])}) == [(1, "in")]
+
+
+def test_companions_crossing_side_by_side_both_count() -> None:
+    """Two people walking abreast cross at almost the same place in the same instant: two crossings."""
+    crossings = feed(horizontal(), {1: ("person", straight(100, 40, 160)), 2: ("person", straight(112, 44, 164))})
+    assert sorted(crossings) == [(1, "in"), (2, "in")]
+
+
+def test_a_second_track_on_a_vanished_object_counts_once() -> None:
+    """Track 1 crosses and is lost; a new track on the same object starts too far back for the hand-off
+    (more than a box height from where 1 was last seen) and crosses the same place 0.6 s later."""
+    line = horizontal()
+    out = feed(line, {1: ("person", straight(100, 40, 120, 9))})  # crosses, lost at y 120
+    out += feed(line, {2: ("person", straight(100, 60, 140, 8))})
+    assert out == [(1, "in")]
