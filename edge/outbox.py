@@ -276,6 +276,12 @@ class Outbox:
         with self._lock:
             return [Row(*r) for r in self._db.execute(sql, (lo, hi, limit))]
 
+    def kept_through(self, last_id: int) -> int:
+        """Rows still kept, in any state, among those with id <= last_id (taken up to a known point)."""
+        with self._lock:
+            (n,) = self._db.execute("SELECT count(*) FROM outbox WHERE id <= ?", (last_id,)).fetchone()
+        return int(n)
+
     def max_id(self) -> int:
         with self._lock:
             (v,) = self._db.execute("SELECT coalesce(max(id), 0) FROM outbox").fetchone()

@@ -100,6 +100,7 @@ def test_broker_sigkill_while_ingest_is_stopped_loses_no_sample(
         wait_for(lambda: len(rec.snapshot()) >= len(_stored(db, device)) + 10, what="sampling after the crash")
         agent.sampler.stop()  # type: ignore[union-attr]  # freeze the expected set
         expected = rec.snapshot()
+        taken = agent.outbox.max_id()  # every sample's row; heartbeats keep adding rows above it
         try:
             wait_for(lambda: _stored(db, device) == expected, timeout=90, what="database == every sample taken")
         except AssertionError:
@@ -107,7 +108,10 @@ def test_broker_sigkill_while_ingest_is_stopped_loses_no_sample(
             missing = sorted(set(expected) - set(got), key=lambda k: k[1])
             raise AssertionError(f"missing {len(missing)} of {len(expected)}: {missing[:5]}; "
                                  f"resent {agent.drainer.resent}") from None
-        wait_for(lambda: agent.outbox.depth == 0, timeout=60, what="every row confirmed by a watermark")
+        # Not `depth == 0`: a heartbeat row every 0.5 s and a watermark at most once a second leave the
+        # outbox empty only in short gaps, which a loaded host can close for good (seen in a full run).
+        wait_for(lambda: agent.outbox.kept_through(taken) == 0, timeout=60,
+                 what="every row taken before the freeze confirmed by a watermark")
     finally:
         runner.stop()
     assert _duplicates(db, device) == 0
