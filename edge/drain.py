@@ -80,7 +80,7 @@ class Drainer:
         self._top_then = -1  # newest committed seq of this boot as of resend_after_s ago
         self._top = -1  # newest committed seq of this boot: above it is the tail
         self._progress = clock()  # last time a watermark raised _top
-        self._acked_top = -1  # newest seq of this boot the broker acknowledged and no watermark covered yet
+        self._acked_top = -1  # newest seq of this boot marked at the broker (no watermark had covered it yet)
         self._acks: deque[tuple[float, int]] = deque()  # (tick, _acked_top then)
         self._acked_then = -1  # _acked_top as of resend_after_s ago
         self._probe_wait = resend_after_s  # backoff between probes of the tail
