@@ -159,7 +159,8 @@ class Agent:
         self.sink = _OutboxSink(self)
         self.health = HealthProbe(self.profile, ob.path)
         self.drainer = Drainer(self.outbox, config.device_id, config.site, self.boot_id, self.settings.drain,
-                               forget_on=ob.forget_on, resend_after_s=ob.resend_after_s)
+                               forget_on=ob.forget_on, resend_after_s=ob.resend_after_s,
+                               resend_max_s=ob.resend_max_s)
         self.session = Session(
             device_id=config.device_id,
             broker=config.broker,

@@ -88,6 +88,11 @@ class OutboxConfig(_Strict):
         default=15.0, gt=0,
         description="rows the broker acknowledged but no watermark covered are sent again after this",
     )
+    resend_max_s: float = Field(
+        default=600.0, gt=0,
+        description="the longest wait between probes of rows above every covered seq while no watermark makes "
+        "progress (the wait doubles from resend_after_s)",
+    )
 
 
 class DeviceConfig(_Strict):

@@ -17,7 +17,12 @@ Rows at the broker but not covered by a watermark are sent again (`tick()`, chec
 * after a reconnect, rows acknowledged on an earlier connection (the broker may have lost them in a
   crash) once `resend_after_s` passed without a watermark covering any of them;
 * rows of this boot below a seq that a watermark covered `resend_after_s` ago: a later message is in the
-  database, this one is not (a broker crash, or ingest killed between its commit and its watermark).
+  database, this one is not (a broker crash, or ingest killed between its commit and its watermark);
+* the tail, rows above every covered seq: no later message can show them missing, so when no watermark
+  raised the newest covered seq for a while, the newest of them goes again as a *probe*. Once a watermark
+  covers the probe, the rule above sends the rest. The wait starts at `resend_after_s` after their PUBACK
+  and doubles after each probe, up to `resend_max_s`, until a watermark makes progress again: a stopped
+  ingest costs one message per wait, not a resend of everything it has not stored.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -55,20 +61,30 @@ ForgetOn = Literal["watermark", "puback"]
 
 class Drainer:
     def __init__(self, outbox: Outbox, device_id: str, site: str, boot_id: str, drain: DrainSettings,
-                 *, forget_on: ForgetOn = "puback", resend_after_s: float = 15.0) -> None:
+                 *, forget_on: ForgetOn = "puback", resend_after_s: float = 15.0, resend_max_s: float = 600.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.outbox = outbox
         self.device_id, self.site, self.boot_id = device_id, site, boot_id
         self.drain = drain
         self.forget_on = forget_on
         self.resend_after_s = resend_after_s
+        self.resend_max_s = max(resend_max_s, resend_after_s)
+        self._clock = clock
         self._lock = threading.Lock()
         self._link = 0
         self._inflight_rows: set[int] = set()  # handed to the session, not yet acknowledged
         self._latest: dict[str, BootAck] = {}  # last watermark seen per boot
-        self._linked_at = time.monotonic()
-        self._earlier_progress = time.monotonic()  # last time a watermark covered rows of an earlier link
+        self._linked_at = clock()
+        self._earlier_progress = clock()  # last time a watermark covered rows of an earlier link
         self._tops: deque[tuple[float, int]] = deque()  # (when, newest committed seq of this boot)
         self._top_then = -1  # newest committed seq of this boot as of resend_after_s ago
+        self._top = -1  # newest committed seq of this boot: above it is the tail
+        self._progress = clock()  # last time a watermark raised _top
+        self._acked_top = -1  # newest seq of this boot marked at the broker (no watermark had covered it yet)
+        self._acks: deque[tuple[float, int]] = deque()  # (tick, _acked_top then)
+        self._acked_then = -1  # _acked_top as of resend_after_s ago
+        self._probe_wait = resend_after_s  # backoff between probes of the tail
+        self._probed = float("-inf")
         self._next_tick = 0.0
         self.resent = 0  # rows sent again because no watermark covered them
         self._live_cursor = 0
@@ -76,7 +92,7 @@ class Drainer:
         self._backlog_cursor = 0
         self._backlog_done = True
         self._tokens = 0.0
-        self._last_refill = time.monotonic()
+        self._last_refill = clock()
         self._unthrottled = False
         self.reset()
 
@@ -90,7 +106,7 @@ class Drainer:
             if self.forget_on == "watermark":
                 self._link = self.outbox.next_link()
             self._inflight_rows.clear()
-            self._linked_at = self._earlier_progress = time.monotonic()
+            self._linked_at = self._earlier_progress = self._clock()
             self._rescan()
 
     def _rescan(self) -> None:
@@ -102,7 +118,7 @@ class Drainer:
         self._backlog_done = mark == 0
         self._tokens = 1.0
         self._unthrottled = False
-        self._last_refill = time.monotonic()
+        self._last_refill = self._clock()
 
     def flush(self) -> None:
         """Send the backlog at full speed (bounded only by the in-flight window) until it is empty."""
@@ -147,7 +163,7 @@ class Drainer:
     def _take_token(self) -> bool:
         if self._unthrottled:
             return True
-        now = time.monotonic()
+        now = self._clock()
         rate = self.drain.messages_per_s
         self._tokens = min(max(1.0, rate), self._tokens + (now - self._last_refill) * rate)
         self._last_refill = now
@@ -188,6 +204,7 @@ class Drainer:
                 self.outbox.ack(message.row_ids)  # the watermark came first
             else:
                 self.outbox.at_broker(message.row_ids, self.boot_id, message.seq, self._link)
+                self._acked_top = max(self._acked_top, message.seq)
 
     def rejected(self, message: OutMessage, reason: str) -> None:
         """The broker refused the message (negative PUBACK): retrying cannot help, so drop it."""
@@ -213,31 +230,48 @@ class Drainer:
                 n, earlier = self.outbox.confirm(ack.boot_id, ack.ranges, self._link)
                 removed += n
                 if earlier:
-                    self._earlier_progress = time.monotonic()
+                    self._earlier_progress = self._clock()
                 self._latest[ack.boot_id] = ack
                 if ack.boot_id == self.boot_id:
-                    self._tops.append((time.monotonic(), ack.seq))
+                    self._tops.append((self._clock(), ack.seq))
+                    if ack.seq > self._top:
+                        self._top, self._progress, self._probe_wait = ack.seq, self._clock(), self.resend_after_s
         return removed
 
     def tick(self) -> None:
         """Once a second at most: send again rows at the broker that no watermark covered in time."""
-        now = time.monotonic()
+        now = self._clock()
         if self.forget_on != "watermark" or now < self._next_tick:
             return
         self._next_tick = now + 1.0
         with self._lock:
             while self._tops and now - self._tops[0][0] >= self.resend_after_s:
                 self._top_then = max(self._top_then, self._tops.popleft()[1])
+            self._acks.append((now, self._acked_top))
+            while self._acks and now - self._acks[0][0] >= self.resend_after_s:
+                self._acked_then = max(self._acked_then, self._acks.popleft()[1])
             holes = self.outbox.resend(boot=self.boot_id, below_seq=self._top_then) if self._top_then >= 0 else 0
             lost = 0
             if now - max(self._linked_at, self._earlier_progress) >= self.resend_after_s:
                 lost = self.outbox.resend(before_link=self._link)
                 self._earlier_progress = now
-            if holes or lost:
-                self.resent += holes + lost
+            probe = self._probe_tail(now)
+            if holes or lost or probe:
+                self.resent += holes + lost + probe
                 log.warning("no watermark covered %d rows the broker had acknowledged (%d before the last "
-                            "reconnect); sending them again", holes + lost, lost)
+                            "reconnect, %d probing the tail); sending them again", holes + lost + probe, lost, probe)
                 self._rescan_backlog()
+
+    def _probe_tail(self, now: float) -> int:
+        """The newest message above every covered seq, acknowledged resend_after_s ago, goes again when no
+        watermark made progress for the current wait; returns its rows made due."""
+        if self._acked_then <= self._top or now - max(self._progress, self._probed) < self._probe_wait:
+            return 0
+        rows = self.outbox.resend_newest(boot=self.boot_id, above_seq=self._top, through_seq=self._acked_then)
+        if rows:
+            self._probed = now
+            self._probe_wait = min(self._probe_wait * 2, self.resend_max_s)
+        return rows
 
     def _rescan_backlog(self) -> None:
         """The backlog pass again over every row before the live cursor (rows due again are among them)."""

@@ -187,6 +187,17 @@ class Outbox:
                 )
             return cur.rowcount
 
+    def resend_newest(self, *, boot: str, above_seq: int, through_seq: int) -> int:
+        """The rows of the newest message of `boot` at the broker with above_seq < seq <= through_seq are due
+        again (a probe: if the database gets it, the rows below it become holes to resend)."""
+        with self._lock:
+            cur = self._db.execute(
+                f"UPDATE outbox SET state = {TO_SEND} WHERE state = {AT_BROKER} AND boot = ? AND seq = "
+                f"(SELECT max(seq) FROM outbox WHERE state = {AT_BROKER} AND boot = ? AND seq > ? AND seq <= ?)",
+                (boot, boot, above_seq, through_seq),
+            )
+            return cur.rowcount
+
     def count_at_broker(self, before_link: int) -> int:
         with self._lock:
             (n,) = self._db.execute(
@@ -275,6 +286,12 @@ class Outbox:
         hi = 2**62 if below is None else below
         with self._lock:
             return [Row(*r) for r in self._db.execute(sql, (lo, hi, limit))]
+
+    def kept_through(self, last_id: int) -> int:
+        """Rows still kept, in any state, among those with id <= last_id (taken up to a known point)."""
+        with self._lock:
+            (n,) = self._db.execute("SELECT count(*) FROM outbox WHERE id <= ?", (last_id,)).fetchone()
+        return int(n)
 
     def max_id(self) -> int:
         with self._lock:

@@ -276,3 +276,86 @@ def test_the_byte_bound_lets_go_of_rows_the_broker_has_before_unsent_ones(tmp_pa
     ob.put([_rec(i) for i in range(300, 305)], now_ms=0)
     assert ob.dropped_total == 3  # then the oldest unsent ones, counted
     assert sorted(json.loads(r.body)["ts"] for r in _all_rows(ob)) == [203, 300, 301, 302, 303, 304]
+
+
+# -- the tail: rows above every covered seq, with no later message to show them missing ------------------
+
+
+class _Clock:
+    """The drainer's clock, moved by the test: resend timing without sleeping."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _clocked_drainer(ob: Outbox, clock: _Clock, resend_after_s: float = 2.0, resend_max_s: float = 60.0) -> Drainer:
+    d = Drainer(ob, "dev-1", "site-a", "boot-1", DrainSettings(batch_size=1, messages_per_s=10_000),
+                forget_on="watermark", resend_after_s=resend_after_s, resend_max_s=resend_max_s, clock=clock)
+    d.reset()
+    d.flush()
+    return d
+
+
+def _run_until(d: Drainer, clock: _Clock, until: float) -> list[tuple[float, OutMessage]]:
+    """Tick once a second up to `until`; every message sent again is acknowledged by the broker."""
+    again: list[tuple[float, OutMessage]] = []
+    while clock.now < until:
+        clock.now += 1.0
+        d.tick()
+        again += [(clock.now, m) for m in _send_all(d)]
+    return again
+
+
+def _ts(m: OutMessage) -> int:
+    return int(json.loads(m.payload)["samples"][0]["ts"])
+
+
+def test_the_tail_no_watermark_covers_is_probed_then_sent_again(tmp_path: Path) -> None:
+    """The last messages were lost (broker crash, or ingest died before its watermark) and the device has
+    nothing newer to send: the newest goes again, and once it is stored the rest follows."""
+    ob, clock = _open(tmp_path), _Clock()
+    d = _clocked_drainer(ob, clock)
+    ob.put([_rec(i) for i in range(3)], now_ms=0)
+    first = _seqs(_send_all(d))
+    d.watermark(_watermark("boot-1", (first[0], first[0])))  # ts 1 and 2 never reach the database
+    probe = _run_until(d, clock, 5)
+    assert [(t, _ts(m)) for t, m in probe] == [(3, 2)]  # the newest (2 s after the first tick that saw it acked)
+    probe_seq = _seqs([m for _, m in probe])[0]
+    d.watermark(_watermark("boot-1", (first[0], first[0]), (probe_seq, probe_seq)))
+    rest = _run_until(d, clock, 8)
+    assert [(t, _ts(m)) for t, m in rest] == [(7, 1)]  # now a hole below a stored seq
+    d.watermark(_watermark("boot-1", (first[0], first[0]), (probe_seq, probe_seq), (_seqs([rest[0][1]])[0],) * 2))
+    assert ob.depth == 0
+
+
+def test_a_silent_ingest_gets_one_probe_per_doubling_wait(tmp_path: Path) -> None:
+    """No watermark at all (ingest stopped): the tail is not resent wholesale every resend_after_s."""
+    ob, clock = _open(tmp_path), _Clock()
+    d = _clocked_drainer(ob, clock, resend_after_s=2, resend_max_s=60)
+    ob.put([_rec(i) for i in range(50)], now_ms=0)
+    _send_all(d)
+    again = _run_until(d, clock, 400)
+    assert [_ts(m) for _, m in again] == [49] * len(again)  # always the newest row, never the other 49
+    assert [t for t, _ in again] == [3, 7, 15, 31, 63, 123, 183, 243, 303, 363]  # waits 4, 8, ... 60, 60
+    # ingest is back and stores the last probe: the wait starts over and the rest is sent once
+    d.watermark(_watermark("boot-1", (_seqs([again[-1][1]])[0],) * 2))
+    rest = _run_until(d, clock, 403)  # the holes rule, resend_after_s after that watermark
+    assert sorted(_ts(m) for _, m in rest) == list(range(49))
+    d.watermark(_watermark("boot-1", *[(s, s) for s in sorted(_seqs([m for _, m in rest]))]))
+    assert ob.depth == 0
+
+
+def test_no_probe_while_watermarks_make_progress(tmp_path: Path) -> None:
+    """Ingest behind, draining a queue in order: each watermark covers more, so nothing is sent again."""
+    ob, clock = _open(tmp_path), _Clock()
+    d = _clocked_drainer(ob, clock)
+    ob.put([_rec(i) for i in range(20)], now_ms=0)
+    seqs = _seqs(_send_all(d))
+    for covered in range(1, 21):
+        assert _run_until(d, clock, clock.now + 1) == []
+        d.watermark(_watermark("boot-1", (seqs[0], seqs[covered - 1])))
+    assert d.resent == 0
+    assert ob.depth == 0
