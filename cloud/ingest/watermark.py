@@ -61,7 +61,11 @@ def envelope_key(payload: bytes) -> tuple[str, int] | None:
 
 def add_range(ranges: list[list[int]], lo: int, hi: int, bound: int | None = MAX_RANGES) -> None:
     """Insert [lo, hi] into ascending, disjoint, inclusive ranges, merging what it touches; keep the newest
-    `bound`. Commits arrive mostly in order, so the search starts from the end."""
+    `bound`. Commits arrive mostly in order, so the search starts from the end, and the usual case, the newest
+    range growing, touches nothing else."""
+    if ranges and ranges[-1][0] <= lo <= ranges[-1][1] + 1:
+        ranges[-1][1] = max(ranges[-1][1], hi)
+        return
     i = len(ranges)
     while i > 0 and ranges[i - 1][0] > hi + 1:
         i -= 1
