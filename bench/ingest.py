@@ -152,9 +152,10 @@ def run_ours(name: str, stack: Stack, devices: list[str], messages: int, publish
     assert svc.wait_connected(10)
     try:
         result = _measure(name, stack, devices, messages, publishers, window, rate, generator, log)
+        watermarks = svc.watermarks_published  # before the final flush on the way out
     finally:
         svc.stop()
-    return {**result, "watermarks": svc.watermarks_published}
+    return {**result, "watermarks": watermarks}
 
 
 class NaiveSubscriber:
