@@ -89,7 +89,7 @@ def test_a_large_fleet_gets_its_watermarks_within_the_total_rate_oldest_first() 
     clock = [0.0]
     t = WatermarkTracker("i1", min_interval_s=1.0, max_rate=100.0, clock=lambda: clock[0])
     devices = [f"d{i:04d}" for i in range(1000)]
-    seq = {d: 0 for d in devices}
+    seq = dict.fromkeys(devices, 0)
     last_claim: dict[str, int] = {}
     first_wm: dict[str, float] = {}
     order: list[str] = []
