@@ -42,7 +42,8 @@ def test_merging_runs_matches_merging_one_seq_at_a_time() -> None:
     rng = random.Random(8)
     for _ in range(300):
         seqs = [rng.randrange(60) for _ in range(rng.randrange(1, 40))]
-        one, batched = [], []
+        one: list[list[int]] = []
+        batched: list[list[int]] = []
         for s in seqs:
             add_seq(one, s, bound=None)
         for lo, hi in runs(sorted(seqs)):
