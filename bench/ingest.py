@@ -152,10 +152,10 @@ def run_ours(name: str, stack: Stack, devices: list[str], messages: int, publish
     assert svc.wait_connected(10)
     try:
         result = _measure(name, stack, devices, messages, publishers, window, rate, generator, log)
-        watermarks = svc.watermarks_published  # before the final flush on the way out
+        watermarks, longest = svc.watermarks_published  # before the final flush on the way out
     finally:
         svc.stop()
-    return {**result, "watermarks": watermarks}
+    return {**result, "watermarks": watermarks, "watermark_wait": longest}
 
 
 class NaiveSubscriber:
@@ -397,7 +397,8 @@ def main() -> None:
         if "watermarks" in r:
             wm = r["watermarks"]
             print(f"  {r['name']:18} watermark publishes: {wm:,} ({wm / r['seconds']:,.0f}/s, "
-                  f"{wm / r['messages']:.2f} a message) for {args.devices:,} devices")
+                  f"{wm / r['messages']:.2f} a message) for {args.devices:,} devices; the longest a device waited "
+                  f"for one: {r['watermark_wait']:.1f} s (devices resend after 15 s)")
     if not args.skip_naive and not args.skip_unpaced:
         ours, naive = results[-2], results[-1]
         print(f"\nratio (ingest service / naive subscriber, both unpaced), messages/s: "

@@ -277,9 +277,10 @@ class IngestService:
         return self._consumer.paused
 
     @property
-    def watermarks_published(self) -> int:
-        """Watermark messages published so far (0 with watermarks off)."""
-        return self._watermarks.published if self._watermarks is not None else 0
+    def watermarks_published(self) -> tuple[int, float]:
+        """Watermark messages published so far, and the longest a device waited for one (s); 0s with them off."""
+        wm = self._watermarks
+        return (wm.published, wm.max_wait_s) if wm is not None else (0, 0.0)
 
     def in_flight(self) -> int:
         """Messages received and not yet acknowledged: waiting for a batch, being decoded or written."""
