@@ -124,7 +124,7 @@ class _Device:
         return out
 
 
-BURST_S = 0.5  # a quiet spell saves up at most this many seconds of max_rate
+BURST_S = 1.0  # a quiet spell (or a late tick on a busy host) saves up at most this many seconds of max_rate
 
 
 class WatermarkTracker:

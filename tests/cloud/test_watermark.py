@@ -124,13 +124,13 @@ def test_a_large_fleet_gets_its_watermarks_within_the_total_rate_oldest_first() 
 
 def test_a_device_committing_again_keeps_its_place_in_the_queue() -> None:
     clock = [0.0]
-    t = WatermarkTracker("i1", min_interval_s=0.0, max_rate=2.0, clock=lambda: clock[0])  # a burst of 1
+    t = WatermarkTracker("i1", min_interval_s=0.0, max_rate=1 / BURST_S, clock=lambda: clock[0])  # a burst of 1
     t.committed([("a", ("b", 1)), ("b", ("b", 1)), ("c", ("b", 1))])
     assert [_device_of(tp) for tp, _ in t.due()] == ["a"]
     t.committed([("b", ("b", 2)), ("a", ("b", 2))])  # b waits already; a joins at the back
     published = []
     for _ in range(3):
-        clock[0] += 0.5
+        clock[0] += BURST_S  # one more publish allowed
         published += [_device_of(tp) for tp, _ in t.due()]
     assert published == ["b", "c", "a"]
 
