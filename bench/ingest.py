@@ -151,9 +151,11 @@ def run_ours(name: str, stack: Stack, devices: list[str], messages: int, publish
     svc.start()
     assert svc.wait_connected(10)
     try:
-        return _measure(name, stack, devices, messages, publishers, window, rate, generator, log)
+        result = _measure(name, stack, devices, messages, publishers, window, rate, generator, log)
+        watermarks, longest = svc.watermarks_published  # before the final flush on the way out
     finally:
         svc.stop()
+    return {**result, "watermarks": watermarks, "watermark_wait": longest}
 
 
 class NaiveSubscriber:
@@ -328,6 +330,7 @@ def main() -> None:
     ap.add_argument("--writers", type=int, default=IngestSettings.model_fields["writers"].default,
                     help="database connections committing in parallel")
     ap.add_argument("--skip-naive", action="store_true", help="only the ingest service (tuning runs)")
+    ap.add_argument("--skip-unpaced", action="store_true", help="only the paced run (tuning runs)")
     ap.add_argument("--watermark", choices=["on", "off"], default="on",
                     help="ingest publishes each device's committed (boot_id, seq) on ack/v1/{id} (the default)")
     ap.add_argument("--poison-case", action="store_true",
@@ -360,9 +363,10 @@ def main() -> None:
             print(f"ingest service, offered {args.rate:,.0f} msg/s: {args.messages:,} messages …", flush=True)
             results.append(run_ours("ingest, paced", stack, fleets["paced"], args.messages, *common, *ingest,
                                     args.rate, args.generator, watermark=args.watermark == "on", writers=args.writers))
-        print(f"ingest service, unpaced: {args.messages:,} messages …", flush=True)
-        results.append(run_ours("ingest, unpaced", stack, fleets["max"], args.messages, *common, *ingest, 0,
-                                args.generator, watermark=args.watermark == "on", writers=args.writers))
+        if not args.skip_unpaced:
+            print(f"ingest service, unpaced: {args.messages:,} messages …", flush=True)
+            results.append(run_ours("ingest, unpaced", stack, fleets["max"], args.messages, *common, *ingest, 0,
+                                    args.generator, watermark=args.watermark == "on", writers=args.writers))
         if not args.skip_naive:
             print(f"naive subscriber, unpaced: {args.naive_messages:,} messages …", flush=True)
             results.append(run_naive(stack, fleets["naive"], args.naive_messages, *common, 0, args.generator))
@@ -389,7 +393,13 @@ def main() -> None:
         total = sum(per_msg.values())
         print(f"  {'':18} " + ", ".join(f"{k} {v:.0f}" for k, v in per_msg.items())
               + f" µs: {total:.0f} µs a message → at most {(os.cpu_count() or 1) * 1e6 / total:,.0f} msg/s")
-    if not args.skip_naive:
+    for r in results:
+        if "watermarks" in r:
+            wm = r["watermarks"]
+            print(f"  {r['name']:18} watermark publishes: {wm:,} ({wm / r['seconds']:,.0f}/s, "
+                  f"{wm / r['messages']:.2f} a message) for {args.devices:,} devices; the longest a device waited "
+                  f"for one: {r['watermark_wait']:.1f} s (devices resend after 15 s)")
+    if not args.skip_naive and not args.skip_unpaced:
         ours, naive = results[-2], results[-1]
         print(f"\nratio (ingest service / naive subscriber, both unpaced), messages/s: "
               f"{ours['msg_s'] / naive['msg_s']:.1f}x")

@@ -46,6 +46,9 @@ KEEPALIVE = 60  # s; a run that sits longer than 1.5x this between ready and go 
 # Rounds over all devices per write (and per pacing check, as in paho_publisher): 4 messages per syscall; a
 # message waits in our buffer at most the time it takes to build 4 rounds (~1 ms for 50 devices).
 FLUSH_ROUNDS = 4
+# A large fleet is written (and paced) every this many messages within a round instead: 4 rounds of 10,000
+# devices would hold 40,000 messages (2.7 s at 15,000/s) and send them in one burst.
+FLUSH_MESSAGES = 400
 DRAIN_FRACTION = 0.5  # read PUBACKs every window/2 rounds: many per recv(), and the window never fills
 IO_TIMEOUT = 60.0  # s without any acknowledgement before a stuck broker is reported instead of hanging
 _MAX_ID = 65535
@@ -247,17 +250,22 @@ def publisher(port: int, devices: Sequence[str], count: int, window: int, ready:
         last_ts = [0] * len(conns)
         sent = 0  # messages issued so far, for pacing
         drain_rounds = max(FLUSH_ROUNDS, int(window * DRAIN_FRACTION))
+        large = len(conns) * FLUSH_ROUNDS > FLUSH_MESSAGES  # written in slices of a round, see FLUSH_MESSAGES
+        rounds_per_flush = 1 if large else FLUSH_ROUNDS
         t0 = time.monotonic()
+
+        def pace() -> None:  # message number `sent` is due at t0 + sent / rate
+            ahead = t0 + sent / rate - time.monotonic() if rate else 0.0
+            if ahead > 0:
+                time.sleep(ahead)
+
         for i in range(per):
-            if i % FLUSH_ROUNDS == 0:
+            if i % rounds_per_flush == 0:
                 for c in conns:
                     c.flush()
-                if i % drain_rounds < FLUSH_ROUNDS:
+                if i % drain_rounds < rounds_per_flush:
                     _drain(sel, 0)
-                if rate:  # pace: message number `sent` is due at t0 + sent / rate
-                    ahead = t0 + sent / rate - time.monotonic()
-                    if ahead > 0:
-                        time.sleep(ahead)
+                pace()
             tail = (f'{{"pm25":{12 + i % 7}.5,"pm10":{20 + i % 5}.0,"co2":{400 + i % 50}.0,'
                     f'"noise":{55 + i % 9}.0,"temperature":{25 + i % 3}.25}}}}]}}')
             for k, c in enumerate(conns):
@@ -277,6 +285,10 @@ def publisher(port: int, devices: Sequence[str], count: int, window: int, ready:
                 buf += c.topic
                 buf += pid_pack((c.issued - 1) % _MAX_ID + 1)
                 buf += body
+                if large and (k + 1) % FLUSH_MESSAGES == 0:
+                    for done in conns[k + 1 - FLUSH_MESSAGES : k + 1]:
+                        done.flush()
+                    pace()
         _wait(sel, conns, 1)  # every PUBLISH acknowledged
         for c in conns:
             c.sock.sendall(b"\xe0\x00")  # DISCONNECT: a clean goodbye, no will

@@ -41,6 +41,7 @@ from contract.messages import now_ms
 log = logging.getLogger(__name__)
 
 CommitHook = Callable[[Sequence[Decoded], int], None]
+WATERMARK_WAIT_WARN_S = 10.0  # devices resend unacknowledged rows after 15 s by default (edge outbox.resend_after_s)
 T = TypeVar("T")
 
 _REPORT = """
@@ -77,8 +78,8 @@ class IngestService:
             max_future_ms=int(settings.max_future_s * 1000), max_age_ms=int(settings.max_age_days * 86_400_000),
         )
         self._consumer = MqttConsumer(settings, self._receive, self.in_flight)
-        self._watermarks = (WatermarkTracker(settings.instance, settings.watermark_interval_s)
-                            if settings.watermark else None)
+        self._watermarks = (WatermarkTracker(settings.instance, settings.watermark_interval_s,
+                                             settings.watermark_max_rate) if settings.watermark else None)
         self._threads: list[threading.Thread] = []
         self._writers: list[BatchWriter] = []
         self._started_at = datetime.now(UTC)
@@ -275,6 +276,12 @@ class IngestService:
         """True while the in-flight bound holds the socket unread (see cloud/ingest/consumer.py)."""
         return self._consumer.paused
 
+    @property
+    def watermarks_published(self) -> tuple[int, float]:
+        """Watermark messages published so far, and the longest a device waited for one (s); 0s with them off."""
+        wm = self._watermarks
+        return (wm.published, wm.max_wait_s) if wm is not None else (0, 0.0)
+
     def in_flight(self) -> int:
         """Messages received and not yet acknowledged: waiting for a batch, being decoded or written."""
         with self._cond:
@@ -305,15 +312,23 @@ class IngestService:
             self._report(snap)
 
     def _watermark_loop(self) -> None:
-        """Publish each device's committed (boot_id, seq) ranges, after the commit, coalesced per device."""
+        """Publish each device's committed (boot_id, seq) ranges, after the commit, coalesced per device and
+        bounded in total (see cloud/ingest/watermark.py); say so when devices wait long enough to resend."""
         assert self._watermarks is not None
         tick = min(0.25, self.settings.watermark_interval_s / 4)
+        warned = float("-inf")
         while not self._stopping.wait(tick):
             try:
                 for topic, payload in self._watermarks.due():
                     self._consumer.publish(topic, payload)
             except Exception:
                 log.exception("publishing watermarks failed; devices resend what they have not seen acknowledged")
+            wait = self._watermarks.oldest_wait_s()
+            if wait > WATERMARK_WAIT_WARN_S and time.monotonic() - warned > 60:
+                warned = time.monotonic()
+                log.warning("devices wait %.0f s for their watermark (more devices than watermark_max_rate %.0f/s "
+                            "serves): past their resend_after_s they send again; raise it or add ingest processes",
+                            wait, self.settings.watermark_max_rate)
 
     def _flush_watermarks(self, timeout: float = 2.0) -> None:
         """On the way out: the last commits' watermarks, whatever the rate bound, so connected devices

@@ -50,6 +50,12 @@ class IngestSettings(BaseSettings):
     watermark: bool = Field(default=True, description="publish each device's committed (boot_id, seq) on ack/v1/{id}, "
                             "so devices forget a reading only once the database has it")
     watermark_interval_s: float = Field(default=1.0, gt=0, description="at most one watermark per device this often")
+    watermark_max_rate: float = Field(
+        default=2000.0, gt=0,
+        description="watermark publishes a second at most, all devices together: with more devices waiting than "
+        "this allows, each one's interval stretches to waiting/rate seconds (oldest first), which must stay well "
+        "under the devices' outbox.resend_after_s (15 s): 10,000 busy devices wait about 5 s at the default",
+    )
     silent_after_heartbeats: int = Field(default=3, ge=1, description="an online device heard of for this many "
                                          "heartbeat periods is marked silent (device_status.silent_since)")
     stats_interval_s: float = Field(default=5.0, gt=0)

@@ -1,6 +1,13 @@
 """Ingest's side of the end-to-end acknowledgement (`contract.watermark`): after a commit, remember which
 (boot_id, seq) of each device are now in the database; publish them per device, coalesced, at most once
-per `min_interval_s`.
+per `min_interval_s`, and at most `max_rate` watermark messages a second in all.
+
+The total bound is what keeps a large fleet cheap: 10,000 devices sending 1.5 messages a second each
+would otherwise make nearly every message a retained publish of its own (as many publishes as messages,
+the broker's work doubled). Devices waiting for a watermark queue oldest first, so with more of them
+than the rate allows in `min_interval_s`, each device's interval stretches to (waiting devices /
+max_rate) seconds: every device still gets one in bounded time, which must stay well under the edge's
+`resend_after_s` (15 s by default); `oldest_wait_s` says how far behind the queue is.
 
 Called from the writer threads after their commit (`committed`, with the (boot_id, seq) the decoder read;
 `envelope_key` recovers them from a payload the decoder refused) and from one publisher thread (`due`).
@@ -54,7 +61,11 @@ def envelope_key(payload: bytes) -> tuple[str, int] | None:
 
 def add_range(ranges: list[list[int]], lo: int, hi: int, bound: int | None = MAX_RANGES) -> None:
     """Insert [lo, hi] into ascending, disjoint, inclusive ranges, merging what it touches; keep the newest
-    `bound`. Commits arrive mostly in order, so the search starts from the end."""
+    `bound`. Commits arrive mostly in order, so the search starts from the end, and the usual case, the newest
+    range growing, touches nothing else."""
+    if ranges and ranges[-1][0] <= lo <= ranges[-1][1] + 1:
+        ranges[-1][1] = max(ranges[-1][1], hi)
+        return
     i = len(ranges)
     while i > 0 and ranges[i - 1][0] > hi + 1:
         i -= 1
@@ -94,7 +105,6 @@ class _Boot:
 @dataclass
 class _Device:
     boots: dict[str, _Boot] = field(default_factory=dict)  # insertion order = least recent first
-    dirty: bool = False
     published: float = float("-inf")
 
     def messages(self) -> list[list[BootAck]]:
@@ -114,14 +124,25 @@ class _Device:
         return out
 
 
+BURST_S = 1.0  # a quiet spell (or a late tick on a busy host) saves up at most this many seconds of max_rate
+
+
 class WatermarkTracker:
-    def __init__(self, instance: str, min_interval_s: float = 1.0,
+    def __init__(self, instance: str, min_interval_s: float = 1.0, max_rate: float = 2000.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._instance = instance
         self._interval = min_interval_s
+        self._rate = max_rate
+        self._burst = max(1.0, max_rate * BURST_S)
         self._clock = clock
         self._lock = threading.Lock()
         self._devices: dict[str, _Device] = {}
+        # Devices with commits not yet published -> since when; insertion order = oldest first.
+        self._waiting: dict[str, float] = {}
+        self._allowance = self._burst  # watermark messages that may go out now (a token bucket)
+        self._refilled = clock()
+        self.published = 0  # watermark messages handed out by due(), for the benchmarks
+        self.max_wait_s = 0.0  # the longest a device waited from its commit to its watermark
 
     def committed(self, keys: Iterable[tuple[str, tuple[str, int]]]) -> None:
         """(device_id, (boot_id, seq)) of messages whose rows (or dead letter) are now committed. A batch
@@ -129,6 +150,7 @@ class WatermarkTracker:
         seqs: dict[tuple[str, str], list[int]] = {}
         for dev, (boot, seq) in keys:
             seqs.setdefault((dev, boot), []).append(seq)
+        now = self._clock()
         with self._lock:
             for (dev, boot), numbers in seqs.items():
                 d = self._devices.get(dev)
@@ -145,18 +167,38 @@ class WatermarkTracker:
                 for lo, hi in runs(numbers):
                     add_range(b.history, lo, hi)
                     add_range(b.fresh, lo, hi, bound=None)
-                d.dirty = True
+                self._waiting.setdefault(dev, now)
+
+    def oldest_wait_s(self) -> float:
+        """How long the device waiting longest for its watermark has waited (0 when none waits)."""
+        with self._lock:
+            since = next(iter(self._waiting.values()), None)
+        return 0.0 if since is None else max(0.0, self._clock() - since)
 
     def due(self, force: bool = False) -> list[tuple[str, bytes]]:
-        """(topic, payload) for every device with new commits whose last watermark is old enough (or, with
-        force, however recent)."""
+        """(topic, payload) for the devices with new commits whose last watermark is old enough, oldest
+        waiting first, as many as the rate bound allows now; with force, every one, however recent."""
         now = self._clock()
         out: list[tuple[str, list[BootAck]]] = []
         with self._lock:
-            for dev, d in self._devices.items():
-                if d.dirty and (force or now - d.published >= self._interval):
-                    d.dirty, d.published = False, now
-                    out.extend((dev, boots) for boots in d.messages())
+            self._allowance = min(self._burst, self._allowance + (now - self._refilled) * self._rate)
+            self._refilled = now
+            done: list[str] = []
+            for dev, since in self._waiting.items():
+                if not force and self._allowance < 1:
+                    break
+                d = self._devices[dev]
+                if not force and now - d.published < self._interval:
+                    continue  # published a moment ago: it keeps its place in the queue
+                d.published = now
+                done.append(dev)
+                self.max_wait_s = max(self.max_wait_s, now - since)
+                parts = d.messages()
+                if not force:
+                    self._allowance -= len(parts)
+                out.extend((dev, boots) for boots in parts)
+            for dev in done:
+                del self._waiting[dev]
         stamp = now_ms()
         messages = []
         for dev, boots in out:
@@ -165,4 +207,5 @@ class WatermarkTracker:
                 messages.append((topics.watermark(dev), wm.model_dump_json(exclude_none=True).encode()))
             except ValueError as e:  # that device alone gets none; every other one still does
                 log.debug("no watermark for %r: %s", dev[:80], e)
+        self.published += len(messages)
         return messages

@@ -16,7 +16,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from support import login, wait_until
 
-from cloud.ingest.watermark import WatermarkTracker, add_range, add_seq, envelope_key, runs
+from cloud.ingest.watermark import BURST_S, WatermarkTracker, add_range, add_seq, envelope_key, runs
 from contract import topics
 from contract.messages import now_ms
 from contract.watermark import MAX_RANGES, Watermark
@@ -42,7 +42,8 @@ def test_merging_runs_matches_merging_one_seq_at_a_time() -> None:
     rng = random.Random(8)
     for _ in range(300):
         seqs = [rng.randrange(60) for _ in range(rng.randrange(1, 40))]
-        one, batched = [], []
+        one: list[list[int]] = []
+        batched: list[list[int]] = []
         for s in seqs:
             add_seq(one, s, bound=None)
         for lo, hi in runs(sorted(seqs)):
@@ -77,6 +78,69 @@ def test_watermarks_are_coalesced_per_device_and_rate_bounded() -> None:
     clock[0] += 1.0
     ((_, payload),) = t.due()
     assert [b.boot_id for b in Watermark.model_validate_json(payload).boots] == ["b2", "b"]
+
+
+def _device_of(topic: str) -> str:
+    return topic.rsplit("/", 1)[-1]
+
+
+def test_a_large_fleet_gets_its_watermarks_within_the_total_rate_oldest_first() -> None:
+    """1,000 busy devices, 100 publishes/s: each device's interval stretches to about 10 s instead of one
+    publish per device a second, the oldest waiting go first, and no commit goes unacknowledged."""
+    clock = [0.0]
+    t = WatermarkTracker("i1", min_interval_s=1.0, max_rate=100.0, clock=lambda: clock[0])
+    devices = [f"d{i:04d}" for i in range(1000)]
+    seq = dict.fromkeys(devices, 0)
+    last_claim: dict[str, int] = {}
+    first_wm: dict[str, float] = {}
+    order: list[str] = []
+    for _tick in range(int(30 / 0.25)):  # 30 s, the publisher's 0.25 s tick
+        clock[0] += 0.25
+        for d in devices:  # every device commits a message each tick
+            seq[d] += 1
+            t.committed([(d, ("b", seq[d]))])
+        out = t.due()
+        assert len(out) <= 100 * BURST_S  # never more than the rate allows (a burst of BURST_S at most)
+        for topic, payload in out:
+            d = _device_of(topic)
+            (boot,) = Watermark.model_validate_json(payload).boots
+            assert boot.ranges == [(1, seq[d])]  # everything committed so far, nothing more
+            last_claim[d] = boot.seq
+            first_wm.setdefault(d, clock[0])
+            order.append(d)
+    assert t.published <= 100 * 30 + 100 * BURST_S
+    assert set(first_wm) == set(devices)
+    assert max(first_wm.values()) <= 1000 / 100 + 1  # the last of the first round waited its turn, no longer
+    assert order[:1000] == devices  # committed first (all in one tick, in this order), published first
+    assert t.max_wait_s <= 1000 / 100 + 1
+    assert t.oldest_wait_s() <= 1000 / 100 + 1
+    for _ in range(int(12 / 0.25)):  # the fleet goes quiet: the queue drains, every commit is acknowledged
+        clock[0] += 0.25
+        for topic, payload in t.due():
+            last_claim[_device_of(topic)] = Watermark.model_validate_json(payload).boots[0].seq
+    assert last_claim == seq
+    assert t.oldest_wait_s() == 0.0
+
+
+def test_a_device_committing_again_keeps_its_place_in_the_queue() -> None:
+    clock = [0.0]
+    t = WatermarkTracker("i1", min_interval_s=0.0, max_rate=1 / BURST_S, clock=lambda: clock[0])  # a burst of 1
+    t.committed([("a", ("b", 1)), ("b", ("b", 1)), ("c", ("b", 1))])
+    assert [_device_of(tp) for tp, _ in t.due()] == ["a"]
+    t.committed([("b", ("b", 2)), ("a", ("b", 2))])  # b waits already; a joins at the back
+    published = []
+    for _ in range(3):
+        clock[0] += BURST_S  # one more publish allowed
+        published += [_device_of(tp) for tp, _ in t.due()]
+    assert published == ["b", "c", "a"]
+
+
+def test_the_final_flush_publishes_every_waiting_device_whatever_the_rate() -> None:
+    t = WatermarkTracker("i1", min_interval_s=1.0, max_rate=1.0, clock=lambda: 0.0)
+    t.committed([(f"d{i}", ("b", 1)) for i in range(50)])
+    assert len(t.due()) == 1  # the rate allows one now
+    assert len(t.due(force=True)) == 49  # stopping: the rest at once
+    assert t.due(force=True) == []
 
 
 def test_a_device_the_contract_cannot_address_costs_no_one_else_their_watermark() -> None:
