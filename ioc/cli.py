@@ -97,7 +97,8 @@ def stack_up(directory: StackDir = None, mqtt_port: Annotated[int | None, typer.
     for name, was in already.items():
         console.print(f"{name}: {'already running' if was else 'started'}")
     console.print(_status_table(stack))
-    console.print(f"DSN: {stack.dsn}")
+    console.print(f"DSN: {stack.postgres.dsn_shown} (the password is in {stack.state_file}; "
+                  "`ioc stack dsn` prints the whole DSN)")
 
 
 @stack_app.command("broker-logins")
@@ -133,6 +134,15 @@ def stack_down(directory: StackDir = None) -> None:
     except StackError as e:
         raise _fail(str(e)) from None
     console.print(_status_table(stack))
+
+
+@stack_app.command("dsn")
+def stack_dsn(directory: StackDir = None) -> None:
+    """Print the local database's DSN, password included, for scripts: `export IOC_DSN=$(ioc stack dsn)`."""
+    try:
+        print(Stack.existing(directory).dsn)
+    except StackError as e:
+        raise _fail(str(e)) from None
 
 
 @stack_app.command("status")

@@ -66,6 +66,11 @@ class Postgres:
     def dsn(self) -> str:
         return f"postgresql://{self.user}:{self.password}@{self.host}:{self.port}/{self.database}"
 
+    @property
+    def dsn_shown(self) -> str:
+        """The DSN without its password: what is printed for a person (`ioc stack dsn` gives it whole)."""
+        return f"postgresql://{self.user}@{self.host}:{self.port}/{self.database}"
+
     def pid(self) -> int | None:
         return read_pid(self.data_dir / "postmaster.pid", "postgres")
 

@@ -149,7 +149,9 @@ def test_stack_backend_choice_status_jobs_and_a_server_that_does_not_preload_tim
         else:
             assert "Partitions, retention and rollups" in status
             assert "upkeep: ok" in status
-            dsn = ioc("stack", "up", "--dir", str(root), "--no-migrate").stdout.split("DSN: ", 1)[1].split()[0]
+            up = ioc("stack", "up", "--dir", str(root), "--no-migrate").stdout
+            dsn = ioc("stack", "dsn", "--dir", str(root)).stdout.strip()
+            assert dsn.split("@")[0].rsplit(":", 1)[1] not in up  # a person sees no password
             with psycopg.connect(dsn, autocommit=True) as conn:
                 conn.execute("CREATE DATABASE fresh")
             refused = ioc("db", "migrate", "--dsn", dsn.rsplit("/", 1)[0] + "/fresh", "--backend", "timescale",
