@@ -224,11 +224,13 @@ def traffic() -> dict[str, Any]:
         steps=[{"color": "green", "value": None}, {"color": "yellow", "value": 2}, {"color": "red", "value": 3}],
         custom={**LINE, "lineInterpolation": "stepAfter", "thresholdsStyle": {"mode": "area"}},
         extra_defaults={"min": 0, "max": 4, "decimals": 0}))
-    hours = ",\n".join(f" sum(c.count) FILTER (WHERE extract(hour FROM c.ts AT TIME ZONE '{TZ}') = {h})"
-                       f" AS \"{h:02d}\"" for h in range(24))
+    # One time-zone conversion a row: sum per local hour first, then pivot those few hundred sums (24 FILTERs
+    # over the raw rows converted every row 24 times: 261 ms p95 at 30 days for 50 cameras).
+    hours = ",\n".join(f" sum(h.n) FILTER (WHERE extract(hour FROM h.local) = {h}) AS \"{h:02d}\"" for h in range(24))
     p.append(panel(8, "table", "Vehicles by day x hour (heat map, Vietnam time)", (0, 29, 24, 9), [target(
-        f"SELECT to_char(date_trunc('day', c.ts AT TIME ZONE '{TZ}'), 'YYYY-MM-DD Dy') AS \"day\",\n{hours}\n"
-        f"{cams} AND c.cls <> 'person'\nGROUP BY 1\nORDER BY 1", "table")],
+        f"SELECT to_char(date_trunc('day', h.local), 'YYYY-MM-DD Dy') AS \"day\",\n{hours}\n"
+        f"FROM (SELECT date_trunc('hour', c.ts AT TIME ZONE '{TZ}') AS local, sum(c.count) AS n\n{cams}"
+        " AND c.cls <> 'person'\n GROUP BY 1) h\nGROUP BY 1\nORDER BY 1", "table")],
         "Each cell: vehicles counted in that hour of that day; colour from low (green) to high (red).",
         steps=[{"color": "green", "value": None}, {"color": "yellow", "value": 500}, {"color": "red", "value": 2000}],
         custom={"cellOptions": {"type": "color-background"}, "align": "center"}))
