@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -84,6 +85,9 @@ def create_app(settings: ApiSettings) -> FastAPI:
             await asyncio.wait_for(broker.connected.wait(), 10)
         with contextlib.suppress(TimeoutError):  # until then tokens are checked on every request
             await asyncio.wait_for(tokens.listening.wait(), 5)
+        # What exists now (routes, models, schemas, pools: ~150,000 objects) lives as long as the process: out of
+        # the collector's sight, a full collection no longer walks it (measured: GC was 8% of a request's CPU).
+        gc.freeze()
         try:
             yield
         finally:
