@@ -91,7 +91,7 @@ async def sign_certificate(conn: Conn, who: Technician, request: Request, pool: 
     device's earlier certificates stay valid for `grace_s`, then go on the broker's CRL."""
     ca_dir = _ca_dir(request)
     async with conn.transaction():
-        await load_active_device(conn, device_id)
+        await load_active_device(conn, device_id, for_update=True)
         try:
             cert = await asyncio.to_thread(tls.sign_device_csr, ca_dir, body.csr, device_id, body.days)
         except tls.CsrError as e:

@@ -30,8 +30,18 @@ async def load_device(conn: Conn, device_id: str) -> dict[str, Any]:
     return row
 
 
-async def load_active_device(conn: Conn, device_id: str) -> dict[str, Any]:
-    """load_device, refusing a retired device (409): it takes no config, command or credential."""
+async def lock_device(conn: Conn, device_id: str) -> None:
+    """Hold the device's row until the caller's transaction ends: signing, rotating and retiring one device
+    then run one after another, so each sees what the one before committed (two concurrent signs would
+    otherwise each miss the other's new certificate, and a sign racing retire would outlive the retire)."""
+    await conn.execute("SELECT 1 FROM devices WHERE device_id = %s FOR UPDATE", (device_id,))
+
+
+async def load_active_device(conn: Conn, device_id: str, *, for_update: bool = False) -> dict[str, Any]:
+    """load_device, refusing a retired device (409): it takes no config, command or credential.
+    for_update: lock the row first (lock_device), in the caller's transaction."""
+    if for_update:
+        await lock_device(conn, device_id)
     device = await load_device(conn, device_id)
     if device["retired_at"] is not None:
         raise HTTPException(status.HTTP_409_CONFLICT, f"device {device_id!r} is retired")
@@ -132,6 +142,7 @@ async def retire_device(conn: Conn, who: Technician, pool: Pool, broker_auth: Br
     """Retire: the device leaves lists, its broker credentials are revoked (the broker drops it at once),
     its data stays. Retiring twice is harmless."""
     async with conn.transaction():
+        await lock_device(conn, device_id)
         before = device_public(await load_device(conn, device_id))
         if before.retired_at is None:
             await db.retire_device(conn, device_id)
@@ -154,7 +165,7 @@ async def rotate_credentials(conn: Conn, who: Technician, pool: Pool, broker_aut
     if broker_auth is None:
         raise HTTPException(status.HTTP_409_CONFLICT, "this registry does not issue broker credentials")
     async with conn.transaction():
-        await load_active_device(conn, device_id)
+        await load_active_device(conn, device_id, for_update=True)
         passwords = await broker_auth.issue(conn, [device_id])
         await audit.record(conn, who, "credentials.rotate", device_id, None, {"username": device_id})
     await broker_auth.apply(pool)
