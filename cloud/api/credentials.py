@@ -9,7 +9,9 @@ grace period for the old one is not possible on Mosquitto 2.0's password file (d
 
 Certificates do rotate with a grace period: a new certificate leaves the device's earlier ones valid until
 `grace_until`; every render first revokes those whose grace has passed, and each API process checks for
-them periodically (`expire_forever`), so the CRL follows without any request.
+them periodically (`expire_forever`), so the CRL follows without any request. That check also renders again
+after a render of this process failed (a full disk, say): the change is committed, and it reaches the broker
+without the caller having to repeat the request.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from pathlib import Path
 from typing import cast
 
 import psycopg
+from fastapi import HTTPException, status
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
@@ -41,6 +44,7 @@ class BrokerAuth:
         self.auth_dir, self.pid_file, self.ca_dir = auth_dir, pid_file, ca_dir
         self._lock = asyncio.Lock()
         self._trailing: asyncio.TimerHandle | None = None
+        self._stale = False  # this process's last render failed: the files may lack a committed change
 
     async def issue(self, conn: AsyncConnection, device_ids: list[str]) -> dict[str, str]:
         """New passwords (replacing any) for these devices, in the caller's transaction; returns them once."""
@@ -76,13 +80,16 @@ class BrokerAuth:
 
     async def expire_forever(self, pool: AsyncConnectionPool, interval_s: float) -> None:
         """Put certificates on the CRL once their grace has passed, in every API process: the check is one
-        indexed query; the render's advisory lock lets one process revoke each and the others find none."""
+        indexed query; the render's advisory lock lets one process revoke each and the others find none.
+        After a failed render of this process, render again until one succeeds."""
         while True:
             try:
                 async with pool.connection() as conn:
                     cur = await conn.execute(f"SELECT EXISTS (SELECT 1 FROM device_certificates WHERE {_DUE})")
                     row = await cur.fetchone()
-                if row is not None and row[0]:
+                if self._stale:
+                    await self.apply(pool)
+                elif row is not None and row[0]:
                     await self.apply(pool, only_if_expired=True)
             except (psycopg.Error, OSError, ValueError) as e:  # the next check retries; nothing was revoked
                 log.warning("certificate grace check failed: %s", e)
@@ -94,7 +101,17 @@ class BrokerAuth:
         last render always includes every change committed before it started. Certificates whose grace has
         passed are revoked (and audited) in the same transaction, so a failed render revokes nothing.
         only_if_expired: render only when that revoked any (the periodic check)."""
-        async with self._lock, pool.connection() as conn, conn.transaction():
+        async with self._lock:
+            try:
+                rendered = await self._render(pool, only_if_expired)
+            except BaseException:
+                self._stale = True
+                raise
+            if rendered:
+                self._stale = False
+
+    async def _render(self, pool: AsyncConnectionPool, only_if_expired: bool) -> bool:
+        async with pool.connection() as conn, conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock(%s)", (RENDER_LOCK_ID,))
             cur = await conn.execute(f"UPDATE device_certificates SET revoked_at = now() WHERE {_DUE}"
                                      " RETURNING device_id, serial, grace_until")
@@ -103,7 +120,7 @@ class BrokerAuth:
                 (d, None, {"serial": str(s), "reason": "grace period over", "grace_until": g.isoformat()})
                 for d, s, g in expired])
             if only_if_expired and not expired:
-                return
+                return False
             cur = await conn.execute("SELECT username, device_id, role, password_hash FROM broker_credentials"
                                      " WHERE revoked_at IS NULL ORDER BY username")
             rows = await cur.fetchall()
@@ -125,6 +142,18 @@ class BrokerAuth:
                 self._reload_again_later()
             else:
                 log.warning("broker pid unknown (%s): credential files written, broker not reloaded", self.pid_file)
+        return True
+
+    async def apply_committed(self, pool: AsyncConnectionPool) -> None:
+        """apply after a route committed its change: a failed render answers 503 saying so (not a bare 500),
+        and this process's periodic check renders again until one succeeds."""
+        try:
+            await self.apply(pool)
+        except (psycopg.Error, OSError, ValueError) as e:
+            log.warning("broker files not rendered, retrying in the periodic check: %s", e)
+            raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, (
+                "the change is recorded, but the broker's credential files could not be written now; the "
+                "registry retries by itself and the change reaches the broker then (or repeat the request)")) from None
 
     def _reload_again_later(self) -> None:
         """Mosquitto clears its reload flag after a reload: a SIGHUP that lands while it re-reads the files is

@@ -108,7 +108,7 @@ async def sign_certificate(conn: Conn, who: Technician, request: Request, pool: 
                             "superseded": [c.model_dump(mode="json", include={"serial", "grace_until", "status"})
                                            for c in superseded]})
     if broker_auth is not None and body.grace_s == 0 and superseded:
-        await broker_auth.apply(pool)
+        await broker_auth.apply_committed(pool)
     return CertificateIssued(device_id=device_id, serial=str(serial), certificate=cert,
                              ca=(ca_dir / tls.CA_CERT).read_text(), superseded=superseded)
 
@@ -126,8 +126,8 @@ Serial = Annotated[str, PathParam(pattern=r"^[0-9]{1,49}$", description="X.509 s
 @router.delete("/{device_id}/certificates/{serial}", response_model=CertificatePublic)
 async def revoke_certificate(conn: Conn, who: Technician, request: Request, pool: Pool,
                              broker_auth: BrokerAuthDep, device_id: str, serial: Serial) -> CertificatePublic:
-    """Revoke now, grace or not: the certificate goes on the broker's CRL and its next handshake fails.
-    Revoking twice is harmless."""
+    """Revoke now, grace or not: the certificate goes on the broker's CRL and its next handshake fails (a
+    connection already open stays until it reconnects). Revoking twice is harmless, and renders the CRL again."""
     _ca_dir(request)
     if broker_auth is None:
         raise HTTPException(status.HTTP_409_CONFLICT, "this registry renders no CRL (no broker_auth_dir)")
@@ -137,11 +137,12 @@ async def revoke_certificate(conn: Conn, who: Technician, request: Request, pool
         if not found:
             raise HTTPException(status.HTTP_404_NOT_FOUND, f"device {device_id!r} has no certificate {serial}")
         before = found[0]
-        if before.revoked_at is not None:
-            return before
-        await conn.execute("UPDATE device_certificates SET revoked_at = now() WHERE serial = %s", (int(serial),))
+        cur = await conn.execute("UPDATE device_certificates SET revoked_at = now() WHERE serial = %s"
+                                 " AND revoked_at IS NULL RETURNING serial", (int(serial),))
+        revoked = await cur.fetchone() is not None  # not when revoked already (by grace expiry meanwhile, say)
         after = (await _certificates(conn, device_id, [int(serial)]))[0]
-        await audit.record(conn, who, "certificate.revoke", device_id, before.model_dump(mode="json"),
-                           after.model_dump(mode="json"))
-    await broker_auth.apply(pool)
+        if revoked:
+            await audit.record(conn, who, "certificate.revoke", device_id, before.model_dump(mode="json"),
+                               after.model_dump(mode="json"))
+    await broker_auth.apply_committed(pool)  # again when revoked already: an earlier render may have failed
     return after

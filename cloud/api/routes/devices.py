@@ -152,7 +152,7 @@ async def retire_device(conn: Conn, who: Technician, pool: Pool, broker_auth: Br
         if before.retired_at is None:
             await audit.record(conn, who, "device.retire", device_id, _audit_view(before), _audit_view(after))
     if broker_auth is not None:
-        await broker_auth.apply(pool)
+        await broker_auth.apply_committed(pool)
     return after
 
 
