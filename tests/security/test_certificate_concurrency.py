@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 
 import httpx
@@ -29,8 +30,8 @@ def test_concurrent_signs_leave_one_valid_certificate(tech: httpx.Client, tmp_pa
     for n in range(6):
         (tmp_path / str(n)).mkdir()
         csrs.append(_csr(device_id, tmp_path / str(n))[0])
-    replies = _at_once(*[lambda csr=csr: tech.post(f"/devices/{device_id}/certificate",
-                                                   json={"csr": csr, "grace_s": 3600}) for csr in csrs])
+    replies = _at_once(*[partial(tech.post, f"/devices/{device_id}/certificate", json={"csr": csr, "grace_s": 3600})
+                         for csr in csrs])
     assert [r.status_code for r in replies] == [201] * len(csrs), [r.text for r in replies]
     last = max(replies, key=lambda r: len(r.json()["superseded"]))
     assert _valid(tech, device_id) == [last.json()["serial"]]
@@ -42,8 +43,8 @@ def test_sign_racing_retire_leaves_no_valid_certificate(tech: httpx.Client, tmp_
         device_id, _ = _new(tech, "race")
         (tmp_path / str(n)).mkdir()
         csr = _csr(device_id, tmp_path / str(n))[0]
-        sign, retire = _at_once(lambda: tech.post(f"/devices/{device_id}/certificate", json={"csr": csr}),
-                                lambda: tech.delete(f"/devices/{device_id}"))
+        sign, retire = _at_once(partial(tech.post, f"/devices/{device_id}/certificate", json={"csr": csr}),
+                                partial(tech.delete, f"/devices/{device_id}"))
         assert retire.status_code == 200, retire.text
         assert sign.status_code in (201, 409), sign.text  # before the retire, or refused after it
         assert _valid(tech, device_id) == [], "a retired device kept a valid certificate"
