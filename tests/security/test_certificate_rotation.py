@@ -9,10 +9,17 @@ from pathlib import Path
 
 import httpx
 import psycopg
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from cryptography.x509.oid import NameOID
 from support import tls_connack, wait_until
 from test_broker_tls import _csr, _new
 
 from ioc.stack import Stack, tls
+
+REFUSED = Path(__file__).parent / "csr"  # made with openssl: see its README
 
 
 def _box(tech: httpx.Client, device_id: str, tmp: Path, name: str, **body: int) -> tuple[str, ssl.SSLContext]:
@@ -79,3 +86,34 @@ def test_certificate_rotation_refuses_bad_input(tech: httpx.Client, tmp_path: Pa
     assert bad.status_code == 422
     assert "serial" in bad.json()["detail"]
     assert tech.get("/devices/no-such-device/certificates").status_code == 404
+
+
+@pytest.mark.parametrize(("csr_file", "said"), [
+    ("e112.csr", "Curve 1.3.132.0.6 is not supported"), ("r512.csr", "RSA of 512 bits"), ("dsa.csr", "DSA"),
+    ("md5.csr", "signed with MD5, which is refused"), ("sha1.csr", "signed with SHA1, which is refused")])
+def test_weak_or_unsupported_csr_is_refused_and_the_working_certificate_stays(
+        tech: httpx.Client, tmp_path: Path, csr_file: str, said: str) -> None:
+    device_id, _ = _new(tech, "rotation")
+    working = tech.post(f"/devices/{device_id}/certificate", json={"csr": _csr(device_id, tmp_path)[0]})
+    assert working.status_code == 201, working.text
+    r = tech.post(f"/devices/{device_id}/certificate", json={"csr": (REFUSED / csr_file).read_text(), "grace_s": 0})
+    assert r.status_code == 422, r.text
+    assert said in r.json()["detail"]
+    if not csr_file.startswith(("md5", "sha1")):
+        assert tls.ACCEPTED_KEYS in r.json()["detail"]
+    assert _statuses(tech, device_id) == {working.json()["serial"]: "valid"}
+
+
+@pytest.mark.parametrize("key", [ed25519.Ed25519PrivateKey.generate(), ec.generate_private_key(ec.SECP384R1())],
+                         ids=["ed25519", "p384"])
+def test_ed25519_and_p384_keys_are_signed(tech: httpx.Client, key: ed25519.Ed25519PrivateKey
+                                          | ec.EllipticCurvePrivateKey) -> None:
+    device_id, _ = _new(tech, "rotation")
+    digest = None if isinstance(key, ed25519.Ed25519PrivateKey) else hashes.SHA384()
+    csr = (x509.CertificateSigningRequestBuilder()
+           .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, device_id)])).sign(key, digest))
+    r = tech.post(f"/devices/{device_id}/certificate",
+                  json={"csr": csr.public_bytes(serialization.Encoding.PEM).decode()})
+    assert r.status_code == 201, r.text
+    cert = x509.load_pem_x509_certificate(r.json()["certificate"].encode())
+    assert cert.public_key() == key.public_key()
