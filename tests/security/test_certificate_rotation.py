@@ -117,3 +117,19 @@ def test_ed25519_and_p384_keys_are_signed(tech: httpx.Client, key: ed25519.Ed255
     assert r.status_code == 201, r.text
     cert = x509.load_pem_x509_certificate(r.json()["certificate"].encode())
     assert cert.public_key() == key.public_key()
+
+
+def test_device_named_as_a_stack_service_gets_no_certificate_or_password(
+        tech: httpx.Client, db: psycopg.Connection, tmp_path: Path) -> None:
+    """A `bench` device registered before such ids were refused: a credential for it would replace the
+    stack's own `bench` login on the broker."""
+    db.execute("INSERT INTO devices (device_id, site, profile) VALUES ('bench', 'legacy', 'env-gateway')"
+               " ON CONFLICT DO NOTHING")
+    try:
+        sign = tech.post("/devices/bench/certificate", json={"csr": _csr("bench", tmp_path)[0]})
+        assert sign.status_code == 422, sign.text
+        assert "broker login of a stack service" in sign.json()["detail"]
+        assert tech.post("/devices/bench/credentials").status_code == 422
+        assert tech.get("/devices/bench/certificates").json() == []
+    finally:
+        db.execute("DELETE FROM devices WHERE device_id = 'bench' AND site = 'legacy'")

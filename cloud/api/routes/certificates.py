@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from cloud.api import audit
 from cloud.api.deps import BrokerAuthDep, Conn, Pool, Technician, Viewer
-from cloud.api.routes.devices import load_active_device, load_device
+from cloud.api.routes.devices import load_active_device, load_device, refuse_service_login
 from ioc.stack import tls
 
 router = APIRouter(prefix="/devices", tags=["credentials"])
@@ -90,6 +90,7 @@ async def sign_certificate(conn: Conn, who: Technician, request: Request, pool: 
     """Sign the box's CSR for mutual TLS; whatever subject the CSR asks for, the CN is the device id. The
     device's earlier certificates stay valid for `grace_s`, then go on the broker's CRL."""
     ca_dir = _ca_dir(request)
+    refuse_service_login(device_id)
     async with conn.transaction():
         await load_active_device(conn, device_id, for_update=True)
         try:

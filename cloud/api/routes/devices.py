@@ -8,7 +8,15 @@ from fastapi import APIRouter, Body, HTTPException, Query, status
 
 from cloud.api import audit
 from cloud.api.deps import BrokerAuthDep, Conn, Pool, Technician, Viewer
-from cloud.api.models import CredentialsIssued, DeviceCreate, DevicePage, DevicePublic, DevicesCreated, DeviceUpdate
+from cloud.api.models import (
+    CredentialsIssued,
+    DeviceCreate,
+    DevicePage,
+    DevicePublic,
+    DevicesCreated,
+    DeviceUpdate,
+    check_not_service_login,
+)
 from cloud.api.views import decode_cursor, device_public, encode_cursor
 from cloud.db import devices as db
 from contract.profiles import load_profiles
@@ -35,6 +43,15 @@ async def lock_device(conn: Conn, device_id: str) -> None:
     then run one after another, so each sees what the one before committed (two concurrent signs would
     otherwise each miss the other's new certificate, and a sign racing retire would outlive the retire)."""
     await conn.execute("SELECT 1 FROM devices WHERE device_id = %s FOR UPDATE", (device_id,))
+
+
+def refuse_service_login(device_id: str) -> None:
+    """422 for a device (made before such ids were refused) whose id is a stack service's broker login:
+    a credential for it would take that service's login away."""
+    try:
+        check_not_service_login(device_id)
+    except ValueError as e:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(e)) from None
 
 
 async def load_active_device(conn: Conn, device_id: str, *, for_update: bool = False) -> dict[str, Any]:
@@ -164,6 +181,7 @@ async def rotate_credentials(conn: Conn, who: Technician, pool: Pool, broker_aut
     cutting the box off, use mutual TLS: `POST /devices/{device_id}/certificate` has a grace period."""
     if broker_auth is None:
         raise HTTPException(status.HTTP_409_CONFLICT, "this registry does not issue broker credentials")
+    refuse_service_login(device_id)
     async with conn.transaction():
         await load_active_device(conn, device_id, for_update=True)
         passwords = await broker_auth.issue(conn, [device_id])
