@@ -38,6 +38,12 @@ GRACE_EXPIRY = Principal(token_id="grace-expiry", name="registry", role=Role.adm
 _DUE = "revoked_at IS NULL AND grace_until <= now()"  # superseded certificates whose grace has passed
 
 
+async def audit_revoked(conn: AsyncConnection, who: Principal, device_id: str, serials: list[int],
+                        reason: str) -> None:
+    await audit.record_many(conn, who, "certificate.revoke",
+                            [(device_id, None, {"serial": str(s), "reason": reason}) for s in serials])
+
+
 class BrokerAuth:
     def __init__(self, auth_dir: Path, pid_file: Path | None, ca_dir: Path | None = None) -> None:
         """ca_dir: the CA that signs device certificates; its CRL is rendered with the password file."""
@@ -58,24 +64,29 @@ class BrokerAuth:
                 [(d, d, h) for d, h in hashes])
         return passwords
 
-    async def revoke(self, conn: AsyncConnection, device_id: str) -> None:
+    async def revoke(self, conn: AsyncConnection, who: Principal, device_id: str) -> None:
+        """The device's password and certificates, in the caller's transaction (retire); each certificate
+        revoked is audited."""
         await conn.execute("UPDATE broker_credentials SET revoked_at = now() WHERE device_id = %s"
                            " AND revoked_at IS NULL", (device_id,))
-        await conn.execute("UPDATE device_certificates SET revoked_at = now() WHERE device_id = %s"
-                           " AND revoked_at IS NULL", (device_id,))
+        cur = await conn.execute("UPDATE device_certificates SET revoked_at = now() WHERE device_id = %s"
+                                 " AND revoked_at IS NULL RETURNING serial", (device_id,))
+        await audit_revoked(conn, who, device_id, [int(r[0]) for r in await cur.fetchall()], "device retired")
 
-    async def supersede_certificates(self, conn: AsyncConnection, device_id: str, keep: int,
+    async def supersede_certificates(self, conn: AsyncConnection, who: Principal, device_id: str, keep: int,
                                      grace_s: int) -> list[int]:
         """The device's other valid certificates stay valid `grace_s` more seconds (an earlier, shorter grace
-        is kept), or are revoked now with 0; in the caller's transaction. Returns their serials."""
+        is kept), or are revoked now (and audited) with 0; in the caller's transaction. Returns their serials."""
         if grace_s == 0:
             cur = await conn.execute("UPDATE device_certificates SET revoked_at = now() WHERE device_id = %s"
                                      " AND serial <> %s AND revoked_at IS NULL RETURNING serial", (device_id, keep))
-        else:
-            cur = await conn.execute(
-                "UPDATE device_certificates SET grace_until = LEAST(COALESCE(grace_until, 'infinity'),"
-                " now() + %s * interval '1 second') WHERE device_id = %s AND serial <> %s AND revoked_at IS NULL"
-                " RETURNING serial", (grace_s, device_id, keep))
+            revoked = sorted(int(r[0]) for r in await cur.fetchall())
+            await audit_revoked(conn, who, device_id, revoked, f"superseded by {keep} with grace_s 0")
+            return revoked
+        cur = await conn.execute(
+            "UPDATE device_certificates SET grace_until = LEAST(COALESCE(grace_until, 'infinity'),"
+            " now() + %s * interval '1 second') WHERE device_id = %s AND serial <> %s AND revoked_at IS NULL"
+            " RETURNING serial", (grace_s, device_id, keep))
         return sorted(int(r[0]) for r in await cur.fetchall())
 
     async def expire_forever(self, pool: AsyncConnectionPool, interval_s: float) -> None:

@@ -67,6 +67,9 @@ def test_rotated_certificate_works_during_grace_and_is_refused_after(
     third_serial, third = _box(tech, device_id, tmp_path, "third", grace_s=0)
     wait_until(lambda: not tls_connack(port, new), what="the certificate replaced with grace_s 0 refused")
     assert tls_connack(port, third)
+    audit = tech.get("/audit", params={"target": device_id, "action": "certificate.revoke"}).json()
+    reasons = {e["after"]["serial"]: e["after"]["reason"] for e in audit["items"]}
+    assert reasons == {old_serial: "grace period over", new_serial: f"superseded by {third_serial} with grace_s 0"}
     r = tech.delete(f"/devices/{device_id}/certificates/{third_serial}")
     assert r.status_code == 200, r.text
     assert r.json()["status"] == "revoked"
@@ -77,9 +80,10 @@ def test_rotated_certificate_works_during_grace_and_is_refused_after(
 def test_certificate_rotation_refuses_bad_input(tech: httpx.Client, tmp_path: Path) -> None:
     device_id, _ = _new(tech, "rotation")
     csr, _ = _csr(device_id, tmp_path)
-    too_long = tech.post(f"/devices/{device_id}/certificate", json={"csr": csr, "grace_s": 8 * 86_400})
-    assert too_long.status_code == 422
-    assert "grace_s" in too_long.json()["detail"]
+    for grace_s in (8 * 86_400, "60", True, 60.5):
+        bad_grace = tech.post(f"/devices/{device_id}/certificate", json={"csr": csr, "grace_s": grace_s})
+        assert bad_grace.status_code == 422, (grace_s, bad_grace.text)
+        assert "grace_s" in bad_grace.json()["detail"]
     assert tech.get(f"/devices/{device_id}/certificates").json() == []  # nothing signed
     assert tech.delete(f"/devices/{device_id}/certificates/12345").status_code == 404
     bad = tech.delete(f"/devices/{device_id}/certificates/not-a-serial")
@@ -133,3 +137,18 @@ def test_device_named_as_a_stack_service_gets_no_certificate_or_password(
         assert tech.get("/devices/bench/certificates").json() == []
     finally:
         db.execute("DELETE FROM devices WHERE device_id = 'bench' AND site = 'legacy'")
+
+
+def test_retiring_revokes_and_audits_each_certificate(tech: httpx.Client, tmp_path: Path) -> None:
+    device_id, _ = _new(tech, "rotation")
+    serials = []
+    for n in range(2):
+        (tmp_path / str(n)).mkdir()
+        r = tech.post(f"/devices/{device_id}/certificate", json={"csr": _csr(device_id, tmp_path / str(n))[0]})
+        assert r.status_code == 201, r.text
+        serials.append(r.json()["serial"])
+    assert tech.delete(f"/devices/{device_id}").status_code == 200
+    assert _statuses(tech, device_id) == dict.fromkeys(serials, "revoked")
+    audit = tech.get("/audit", params={"target": device_id, "action": "certificate.revoke"}).json()
+    assert sorted((e["after"]["serial"], e["after"]["reason"]) for e in audit["items"]) == sorted(
+        (s, "device retired") for s in serials)

@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, HTTPException, Request, status
 from fastapi import Path as PathParam
 from psycopg.rows import dict_row
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 from cloud.api import audit
 from cloud.api.deps import BrokerAuthDep, Conn, Pool, Technician, Viewer
@@ -34,7 +34,7 @@ class CertificateRequest(BaseModel):
          "days": 365, "grace_s": 3600}]})
     csr: str = Field(min_length=1, max_length=16_384, description="PEM certificate signing request from the box")
     days: int = Field(default=365, ge=1, le=825, description="validity")
-    grace_s: int = Field(default=DEFAULT_GRACE_S, ge=0, le=MAX_GRACE_S, description=(
+    grace_s: StrictInt = Field(default=DEFAULT_GRACE_S, ge=0, le=MAX_GRACE_S, description=(
         "how long the device's earlier certificates stay valid (at most 7 days; 0 revokes them now); an "
         "earlier rotation's shorter grace is kept"))
 
@@ -102,7 +102,7 @@ async def sign_certificate(conn: Conn, who: Technician, request: Request, pool: 
                            (serial, device_id, not_after))
         superseded = []
         if broker_auth is not None:  # without it no CRL is rendered: earlier certificates cannot be revoked
-            old = await broker_auth.supersede_certificates(conn, device_id, serial, body.grace_s)
+            old = await broker_auth.supersede_certificates(conn, who, device_id, serial, body.grace_s)
             superseded = await _certificates(conn, device_id, old)
         await audit.record(conn, who, "certificate.sign", device_id, None,
                            {"cn": device_id, "days": body.days, "serial": str(serial), "grace_s": body.grace_s,

@@ -164,7 +164,7 @@ async def retire_device(conn: Conn, who: Technician, pool: Pool, broker_auth: Br
         if before.retired_at is None:
             await db.retire_device(conn, device_id)
             if broker_auth is not None:
-                await broker_auth.revoke(conn, device_id)
+                await broker_auth.revoke(conn, who, device_id)
         after = device_public(await load_device(conn, device_id))
         if before.retired_at is None:
             await audit.record(conn, who, "device.retire", device_id, _audit_view(before), _audit_view(after))
