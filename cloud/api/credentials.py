@@ -1,6 +1,7 @@
 """Broker credentials from the registry: issued when a device is created, replaced on rotate, revoked on
 retire; after each change the password and ACL files are rendered from the database and Mosquitto reloads
-them (SIGHUP: no restart, and a revoked device's open connection is dropped).
+them (SIGHUP: no restart, and a revoked password login's open connection is dropped; a certificate connection stays
+until its next TLS handshake, when the CRL is checked).
 
 Off unless `ApiSettings.broker_auth_dir` is set (`ioc api` sets it for the local stack, whose broker
 requires a login); the stack's service logins in that folder are kept in every render. Rotation replaces

@@ -156,8 +156,9 @@ async def update_device(conn: Conn, who: Technician, device_id: str, body: Devic
 @router.delete("/{device_id}", response_model=DevicePublic)
 async def retire_device(conn: Conn, who: Technician, pool: Pool, broker_auth: BrokerAuthDep,
                         device_id: str) -> DevicePublic:
-    """Retire: the device leaves lists, its broker credentials are revoked (the broker drops it at once),
-    its data stays. Retiring twice is harmless."""
+    """Retire: the device leaves lists, its broker password and certificates are revoked, its data stays.
+    The broker drops a password-login connection at once; a certificate connection stays until its next
+    handshake (the CRL is read at handshakes only). Retiring twice is harmless."""
     async with conn.transaction():
         await lock_device(conn, device_id)
         before = device_public(await load_device(conn, device_id))
