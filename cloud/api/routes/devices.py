@@ -187,5 +187,5 @@ async def rotate_credentials(conn: Conn, who: Technician, pool: Pool, broker_aut
         await load_active_device(conn, device_id, for_update=True)
         passwords = await broker_auth.issue(conn, [device_id])
         await audit.record(conn, who, "credentials.rotate", device_id, None, {"username": device_id})
-    await broker_auth.apply(pool)
+    await broker_auth.apply_committed(pool)
     return CredentialsIssued(username=device_id, password=passwords[device_id])
