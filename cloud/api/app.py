@@ -78,7 +78,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
         tasks = [asyncio.create_task(broker.run(), name="registry-mqtt"),
                  asyncio.create_task(_sweep_forever(pool, settings.sweep_interval_s), name="command-sweeper"),
                  asyncio.create_task(listen_for_token_changes(settings.dsn, tokens), name="token-changes")]
-        if app.state.broker_auth is not None and settings.broker_ca_dir is not None:
+        if app.state.broker_auth is not None:  # grace expiry, and a render again after a failed one
             tasks.append(asyncio.create_task(app.state.broker_auth.expire_forever(
                 pool, settings.certificate_check_interval_s), name="certificate-grace"))
         with contextlib.suppress(TimeoutError):

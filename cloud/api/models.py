@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from contract.messages import DeviceId
 from contract.topics import check_segment
+from ioc.stack.broker_auth import STACK_SERVICES
 
 Tag = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:-]+$")]
 DeviceStatus = Literal["online", "offline", "never_seen", "retired"]
@@ -47,6 +48,19 @@ class DeviceCreate(DeviceBase):
     @classmethod
     def _site_is_topic_safe(cls, v: str) -> str:
         return check_segment(v, "site")
+
+    @field_validator("device_id")
+    @classmethod
+    def _not_a_service_login(cls, v: str) -> str:
+        return check_not_service_login(v)
+
+
+def check_not_service_login(device_id: str) -> str:
+    """A device's broker login is its id: one equal to a stack service's login would take that login away."""
+    if device_id in STACK_SERVICES:
+        raise ValueError(f"{device_id!r} is the broker login of a stack service; reserved: "
+                         f"{', '.join(sorted(STACK_SERVICES))}")
+    return device_id
 
 
 class DeviceUpdate(_Request):

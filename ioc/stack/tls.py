@@ -14,13 +14,21 @@ import os
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from contract.topics import check_segment
 
 CA_CERT, CA_KEY, SERVER_CERT, SERVER_KEY, CRL = "ca.crt", "ca.key", "server.crt", "server.key", "crl.pem"
+# Device keys the registry signs: a weaker one would supersede the box's working certificate with one an
+# attacker can forge (RSA-512 is factored in hours), and DSA or a rare curve fails in some TLS stacks.
+ACCEPTED_KEYS = "EC P-256 or P-384, RSA of at least 2048 bits, or Ed25519"
+_CURVES = ("secp256r1", "secp384r1")
+_MIN_RSA_BITS = 2048
+_HASHES = ("sha256", "sha384", "sha512")
 
 
 class CsrError(ValueError):
@@ -122,9 +130,33 @@ def sign_device_csr(root: Path, csr_pem: str, device_id: str, days: int = 365) -
         csr = x509.load_pem_x509_csr(csr_pem.encode())
     except ValueError as e:
         raise CsrError(f"not a PEM certificate signing request: {e}") from None
+    try:
+        key = csr.public_key()
+        digest = csr.signature_hash_algorithm  # None for Ed25519, which hashes by itself
+    except UnsupportedAlgorithm as e:
+        raise CsrError(f"unsupported key or signature ({e}); accepted keys: {ACCEPTED_KEYS}") from None
+    _check_key(key)
+    if digest is not None and digest.name not in _HASHES:
+        raise CsrError(f"the CSR is signed with {digest.name.upper()}, which is refused; sign it with "
+                       f"{', '.join(h.upper() for h in _HASHES)}")
     if not csr.is_signature_valid:
         raise CsrError("the CSR's signature does not match its key")
-    return _sign(root, csr.public_key(), device_id, days, ExtendedKeyUsageOID.CLIENT_AUTH).decode()
+    return _sign(root, key, device_id, days, ExtendedKeyUsageOID.CLIENT_AUTH).decode()
+
+
+def _check_key(key: CertificatePublicKeyTypes) -> None:
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        if key.curve.name in _CURVES:
+            return
+        raise CsrError(f"unsupported key: EC curve {key.curve.name}; accepted: {ACCEPTED_KEYS}")
+    if isinstance(key, rsa.RSAPublicKey):
+        if key.key_size >= _MIN_RSA_BITS:
+            return
+        raise CsrError(f"unsupported key: RSA of {key.key_size} bits; accepted: {ACCEPTED_KEYS}")
+    if isinstance(key, ed25519.Ed25519PublicKey):
+        return
+    raise CsrError(f"unsupported key: {type(key).__name__.removesuffix('PublicKey').lstrip('_')}; "
+                   f"accepted: {ACCEPTED_KEYS}")
 
 
 def listener_lines(root: Path, require_certificate: bool) -> str:

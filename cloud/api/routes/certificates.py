@@ -16,11 +16,11 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, HTTPException, Request, status
 from fastapi import Path as PathParam
 from psycopg.rows import dict_row
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 from cloud.api import audit
 from cloud.api.deps import BrokerAuthDep, Conn, Pool, Technician, Viewer
-from cloud.api.routes.devices import load_active_device, load_device
+from cloud.api.routes.devices import load_active_device, load_device, refuse_service_login
 from ioc.stack import tls
 
 router = APIRouter(prefix="/devices", tags=["credentials"])
@@ -34,7 +34,7 @@ class CertificateRequest(BaseModel):
          "days": 365, "grace_s": 3600}]})
     csr: str = Field(min_length=1, max_length=16_384, description="PEM certificate signing request from the box")
     days: int = Field(default=365, ge=1, le=825, description="validity")
-    grace_s: int = Field(default=DEFAULT_GRACE_S, ge=0, le=MAX_GRACE_S, description=(
+    grace_s: StrictInt = Field(default=DEFAULT_GRACE_S, ge=0, le=MAX_GRACE_S, description=(
         "how long the device's earlier certificates stay valid (at most 7 days; 0 revokes them now); an "
         "earlier rotation's shorter grace is kept"))
 
@@ -90,8 +90,9 @@ async def sign_certificate(conn: Conn, who: Technician, request: Request, pool: 
     """Sign the box's CSR for mutual TLS; whatever subject the CSR asks for, the CN is the device id. The
     device's earlier certificates stay valid for `grace_s`, then go on the broker's CRL."""
     ca_dir = _ca_dir(request)
+    refuse_service_login(device_id)
     async with conn.transaction():
-        await load_active_device(conn, device_id)
+        await load_active_device(conn, device_id, for_update=True)
         try:
             cert = await asyncio.to_thread(tls.sign_device_csr, ca_dir, body.csr, device_id, body.days)
         except tls.CsrError as e:
@@ -101,14 +102,14 @@ async def sign_certificate(conn: Conn, who: Technician, request: Request, pool: 
                            (serial, device_id, not_after))
         superseded = []
         if broker_auth is not None:  # without it no CRL is rendered: earlier certificates cannot be revoked
-            old = await broker_auth.supersede_certificates(conn, device_id, serial, body.grace_s)
+            old = await broker_auth.supersede_certificates(conn, who, device_id, serial, body.grace_s)
             superseded = await _certificates(conn, device_id, old)
         await audit.record(conn, who, "certificate.sign", device_id, None,
                            {"cn": device_id, "days": body.days, "serial": str(serial), "grace_s": body.grace_s,
                             "superseded": [c.model_dump(mode="json", include={"serial", "grace_until", "status"})
                                            for c in superseded]})
     if broker_auth is not None and body.grace_s == 0 and superseded:
-        await broker_auth.apply(pool)
+        await broker_auth.apply_committed(pool)
     return CertificateIssued(device_id=device_id, serial=str(serial), certificate=cert,
                              ca=(ca_dir / tls.CA_CERT).read_text(), superseded=superseded)
 
@@ -126,8 +127,8 @@ Serial = Annotated[str, PathParam(pattern=r"^[0-9]{1,49}$", description="X.509 s
 @router.delete("/{device_id}/certificates/{serial}", response_model=CertificatePublic)
 async def revoke_certificate(conn: Conn, who: Technician, request: Request, pool: Pool,
                              broker_auth: BrokerAuthDep, device_id: str, serial: Serial) -> CertificatePublic:
-    """Revoke now, grace or not: the certificate goes on the broker's CRL and its next handshake fails.
-    Revoking twice is harmless."""
+    """Revoke now, grace or not: the certificate goes on the broker's CRL and its next handshake fails (a
+    connection already open stays until it reconnects). Revoking twice is harmless, and renders the CRL again."""
     _ca_dir(request)
     if broker_auth is None:
         raise HTTPException(status.HTTP_409_CONFLICT, "this registry renders no CRL (no broker_auth_dir)")
@@ -137,11 +138,12 @@ async def revoke_certificate(conn: Conn, who: Technician, request: Request, pool
         if not found:
             raise HTTPException(status.HTTP_404_NOT_FOUND, f"device {device_id!r} has no certificate {serial}")
         before = found[0]
-        if before.revoked_at is not None:
-            return before
-        await conn.execute("UPDATE device_certificates SET revoked_at = now() WHERE serial = %s", (int(serial),))
+        cur = await conn.execute("UPDATE device_certificates SET revoked_at = now() WHERE serial = %s"
+                                 " AND revoked_at IS NULL RETURNING serial", (int(serial),))
+        revoked = await cur.fetchone() is not None  # not when revoked already (by grace expiry meanwhile, say)
         after = (await _certificates(conn, device_id, [int(serial)]))[0]
-        await audit.record(conn, who, "certificate.revoke", device_id, before.model_dump(mode="json"),
-                           after.model_dump(mode="json"))
-    await broker_auth.apply(pool)
+        if revoked:
+            await audit.record(conn, who, "certificate.revoke", device_id, before.model_dump(mode="json"),
+                               after.model_dump(mode="json"))
+    await broker_auth.apply_committed(pool)  # again when revoked already: an earlier render may have failed
     return after

@@ -8,7 +8,15 @@ from fastapi import APIRouter, Body, HTTPException, Query, status
 
 from cloud.api import audit
 from cloud.api.deps import BrokerAuthDep, Conn, Pool, Technician, Viewer
-from cloud.api.models import CredentialsIssued, DeviceCreate, DevicePage, DevicePublic, DevicesCreated, DeviceUpdate
+from cloud.api.models import (
+    CredentialsIssued,
+    DeviceCreate,
+    DevicePage,
+    DevicePublic,
+    DevicesCreated,
+    DeviceUpdate,
+    check_not_service_login,
+)
 from cloud.api.views import decode_cursor, device_public, encode_cursor
 from cloud.db import devices as db
 from contract.profiles import load_profiles
@@ -30,8 +38,27 @@ async def load_device(conn: Conn, device_id: str) -> dict[str, Any]:
     return row
 
 
-async def load_active_device(conn: Conn, device_id: str) -> dict[str, Any]:
-    """load_device, refusing a retired device (409): it takes no config, command or credential."""
+async def lock_device(conn: Conn, device_id: str) -> None:
+    """Hold the device's row until the caller's transaction ends: signing, rotating and retiring one device
+    then run one after another, so each sees what the one before committed (two concurrent signs would
+    otherwise each miss the other's new certificate, and a sign racing retire would outlive the retire)."""
+    await conn.execute("SELECT 1 FROM devices WHERE device_id = %s FOR UPDATE", (device_id,))
+
+
+def refuse_service_login(device_id: str) -> None:
+    """422 for a device (made before such ids were refused) whose id is a stack service's broker login:
+    a credential for it would take that service's login away."""
+    try:
+        check_not_service_login(device_id)
+    except ValueError as e:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(e)) from None
+
+
+async def load_active_device(conn: Conn, device_id: str, *, for_update: bool = False) -> dict[str, Any]:
+    """load_device, refusing a retired device (409): it takes no config, command or credential.
+    for_update: lock the row first (lock_device), in the caller's transaction."""
+    if for_update:
+        await lock_device(conn, device_id)
     device = await load_device(conn, device_id)
     if device["retired_at"] is not None:
         raise HTTPException(status.HTTP_409_CONFLICT, f"device {device_id!r} is retired")
@@ -129,19 +156,21 @@ async def update_device(conn: Conn, who: Technician, device_id: str, body: Devic
 @router.delete("/{device_id}", response_model=DevicePublic)
 async def retire_device(conn: Conn, who: Technician, pool: Pool, broker_auth: BrokerAuthDep,
                         device_id: str) -> DevicePublic:
-    """Retire: the device leaves lists, its broker credentials are revoked (the broker drops it at once),
-    its data stays. Retiring twice is harmless."""
+    """Retire: the device leaves lists, its broker password and certificates are revoked, its data stays.
+    The broker drops a password-login connection at once; a certificate connection stays until its next
+    handshake (the CRL is read at handshakes only). Retiring twice is harmless."""
     async with conn.transaction():
+        await lock_device(conn, device_id)
         before = device_public(await load_device(conn, device_id))
         if before.retired_at is None:
             await db.retire_device(conn, device_id)
             if broker_auth is not None:
-                await broker_auth.revoke(conn, device_id)
+                await broker_auth.revoke(conn, who, device_id)
         after = device_public(await load_device(conn, device_id))
         if before.retired_at is None:
             await audit.record(conn, who, "device.retire", device_id, _audit_view(before), _audit_view(after))
     if broker_auth is not None:
-        await broker_auth.apply(pool)
+        await broker_auth.apply_committed(pool)
     return after
 
 
@@ -153,9 +182,10 @@ async def rotate_credentials(conn: Conn, who: Technician, pool: Pool, broker_aut
     cutting the box off, use mutual TLS: `POST /devices/{device_id}/certificate` has a grace period."""
     if broker_auth is None:
         raise HTTPException(status.HTTP_409_CONFLICT, "this registry does not issue broker credentials")
+    refuse_service_login(device_id)
     async with conn.transaction():
-        await load_active_device(conn, device_id)
+        await load_active_device(conn, device_id, for_update=True)
         passwords = await broker_auth.issue(conn, [device_id])
         await audit.record(conn, who, "credentials.rotate", device_id, None, {"username": device_id})
-    await broker_auth.apply(pool)
+    await broker_auth.apply_committed(pool)
     return CredentialsIssued(username=device_id, password=passwords[device_id])

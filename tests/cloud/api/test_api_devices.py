@@ -66,6 +66,19 @@ def test_bad_input_gets_a_readable_4xx(as_role: Callable[[str], httpx.Client]) -
     assert tech.post("/devices", content=b"{not json", headers={"content-type": "application/json"}).status_code == 422
 
 
+def test_a_stack_service_login_is_refused_as_a_device_id(as_role: Callable[[str], httpx.Client]) -> None:
+    """The device's broker login is its id: `bench` as a device would take the load generators' login away."""
+    tech = as_role("technician")
+    good = f"gw-{uuid.uuid4().hex[:8]}"
+    for service in ("bench", "ingest", "registry", "admin"):
+        r = tech.post("/devices", json=[{"device_id": good, "site": "s", "profile": "env-gateway"},
+                                        {"device_id": service, "site": "s", "profile": "env-gateway"}])
+        assert r.status_code == 422, r.text
+        assert f"{service!r} is the broker login of a stack service" in r.json()["detail"]
+        assert tech.get(f"/devices/{service}").status_code == 404
+    assert tech.get(f"/devices/{good}").status_code == 404  # all or nothing
+
+
 def test_update_and_retire_are_audited_and_keep_data(as_role: Callable[[str], httpx.Client], db: psycopg.Connection,
                                                     ) -> None:
     tech = as_role("technician")
