@@ -77,8 +77,7 @@ async def _certificates(conn: Conn, device_id: str, serials: list[int] | None = 
     return [CertificatePublic.model_validate({**r, "serial": str(r["serial"])}) for r in rows]
 
 
-# async: FastAPI runs a plain-def dependency in a worker thread (see cloud/api/deps.py)
-async def _ca_dir(request: Request) -> Path:
+def _ca_dir(request: Request) -> Path:
     ca_dir: Path | None = request.app.state.broker_ca_dir
     if ca_dir is None:
         raise HTTPException(status.HTTP_409_CONFLICT, "this registry does not sign device certificates")
