@@ -67,7 +67,6 @@ class MqttConsumer:
         if settings.mqtt_username:
             c.username_pw_set(settings.mqtt_username, settings.mqtt_password)
         c.reconnect_delay_set(min_delay=1, max_delay=int(settings.retry_max_delay_s))
-        c.max_inflight_messages_set(1000)  # our own publishes: retained watermarks, one per device a second at most
         if log.isEnabledFor(logging.DEBUG):
             c.enable_logger(logging.getLogger("paho"))  # packet trace, only when asked for
         c.on_connect = self._on_connect
@@ -161,8 +160,11 @@ class MqttConsumer:
         return rc
 
     def publish(self, topic: str, payload: bytes) -> mqtt.MQTTMessageInfo:
-        """Retained QoS 1 (a watermark); paho queues it while the broker is away and sends it on reconnect."""
-        return self._client.publish(topic, payload, qos=1, retain=True)
+        """Retained QoS 0 (a watermark). A lost one costs only a resend (the device keeps its rows until one
+        arrives, and ingest's writes are idempotent), while QoS 1 made each one a tracked message with a
+        PUBACK to read: 86 against 19 µs of ingest's CPU a publish, at up to 2,000 a second. Retained, it
+        is still what a reconnecting device receives first."""
+        return self._client.publish(topic, payload, qos=0, retain=True)
 
     def ack(self, items: Sequence[Inbound]) -> int:
         """PUBACK in arrival order; items from a previous connection are skipped (the broker resends them)."""
