@@ -50,10 +50,17 @@ RESUME_AT = 0.9  # of the bound: read again below this
 
 class MqttConsumer:
     def __init__(self, settings: IngestSettings, sink: Callable[[Inbound], None],
-                 in_flight: Callable[[], int] | None = None) -> None:
+                 in_flight: Callable[[], int] | None = None,
+                 on_crash: Callable[[str], None] | None = None) -> None:
         self._s = settings
         self._sink = sink
         self._in_flight = in_flight or (lambda: 0)
+        self._on_crash = on_crash
+        # Other threads queue packets (watermarks, batches of PUBACKs), the network thread alone writes
+        # them. paho's reconnect() walks the outgoing queue unlocked: a watermark queued meanwhile killed the
+        # network thread ("deque mutated during iteration": 10,000 devices, a keepalive timeout under load),
+        # so queueing and reconnecting take turns on this lock.
+        self._paho_lock = threading.Lock()
         self.generation = 0
         self.connected = threading.Event()  # set once the broker confirmed our subscriptions
         self._session_up = False  # CONNACK seen on the current socket: only then may reading pause
@@ -69,6 +76,10 @@ class MqttConsumer:
         c.reconnect_delay_set(min_delay=1, max_delay=int(settings.retry_max_delay_s))
         if log.isEnabledFor(logging.DEBUG):
             c.enable_logger(logging.getLogger("paho"))  # packet trace, only when asked for
+        # With a write callback set, paho only queues a packet queued from another thread (and wakes the
+        # network thread's select); without one it writes there and then, on the socket the network
+        # thread writes too, so two threads could interleave the halves of two packets.
+        c.on_socket_register_write = _queued_for_the_network_thread
         c.on_connect = self._on_connect
         c.on_disconnect = self._on_disconnect
         c.on_fast_publish = self._on_fast_publish
@@ -104,13 +115,22 @@ class MqttConsumer:
 
     # -- network thread ----------------------------------------------------------------------
     def _network_loop(self) -> None:
+        try:
+            self._network_loop_body()
+        except Exception:
+            if self._on_crash is None:
+                raise
+            self._on_crash("mqtt")
+
+    def _network_loop_body(self) -> None:
         """paho's public loop functions, with reconnect and the in-flight bound (see the module doc)."""
         c = self._client
         delay = 1.0
         while not self._closing.is_set():
             if c.socket() is None:
                 try:
-                    c.reconnect()
+                    with self._paho_lock:
+                        c.reconnect()
                 except OSError as e:
                     log.warning("cannot reach the broker at mqtt://%s:%s (%s); retrying in %.0fs",
                                 self._s.mqtt_host, self._s.mqtt_port, e, delay)
@@ -164,13 +184,15 @@ class MqttConsumer:
         arrives, and ingest's writes are idempotent), while QoS 1 made each one a tracked message with a
         PUBACK to read: 86 against 19 µs of ingest's CPU a publish, at up to 2,000 a second. Retained, it
         is still what a reconnecting device receives first."""
-        return self._client.publish(topic, payload, qos=0, retain=True)
+        with self._paho_lock:
+            return self._client.publish(topic, payload, qos=0, retain=True)
 
     def ack(self, items: Sequence[Inbound]) -> int:
         """PUBACK in arrival order; items from a previous connection are skipped (the broker resends them)."""
         gen = self.generation
         mids = [it.mid for it in items if it.qos == 1 and it.generation == gen]
-        self._client.ack_many(mids)
+        with self._paho_lock:
+            self._client.ack_many(mids)
         return len(mids)
 
     def _on_connect(self, client: mqtt.Client, _ud: Any, flags: mqtt.ConnectFlags, rc: ReasonCode,
@@ -204,3 +226,7 @@ class MqttConsumer:
 
     def _on_message(self, _c: mqtt.Client, _ud: Any, msg: mqtt.MQTTMessage) -> None:
         self._on_fast_publish(msg.mid, msg.qos, msg.topic, bytes(msg.payload))
+
+
+def _queued_for_the_network_thread(_client: mqtt.Client, _userdata: Any, _sock: Any) -> None:
+    """paho's external-loop hook: nothing to do, the network thread's loop writes whatever is queued."""

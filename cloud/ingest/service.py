@@ -77,7 +77,7 @@ class IngestService:
             self._devices.get, settings.max_payload_bytes,
             max_future_ms=int(settings.max_future_s * 1000), max_age_ms=int(settings.max_age_days * 86_400_000),
         )
-        self._consumer = MqttConsumer(settings, self._receive, self.in_flight)
+        self._consumer = MqttConsumer(settings, self._receive, self.in_flight, on_crash=self._crash)
         self._watermarks = (WatermarkTracker(settings.instance, settings.watermark_interval_s,
                                              settings.watermark_max_rate) if settings.watermark else None)
         self._threads: list[threading.Thread] = []
