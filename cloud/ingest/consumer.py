@@ -56,10 +56,9 @@ class MqttConsumer:
         self._sink = sink
         self._in_flight = in_flight or (lambda: 0)
         self._on_crash = on_crash
-        # Other threads queue packets (watermarks, batches of PUBACKs), the network thread alone writes
-        # them. paho's reconnect() walks the outgoing queue unlocked: a watermark queued meanwhile killed the
-        # network thread ("deque mutated during iteration": 10,000 devices, a keepalive timeout under load),
-        # so queueing and reconnecting take turns on this lock.
+        # paho's reconnect() walks its outgoing packet queue unlocked: a watermark queued meanwhile by
+        # another thread killed the network thread ("deque mutated during iteration": 10,000 devices, a
+        # keepalive timeout under load), so publishing, acknowledging and reconnecting take turns on this lock.
         self._paho_lock = threading.Lock()
         self.generation = 0
         self.connected = threading.Event()  # set once the broker confirmed our subscriptions
@@ -74,12 +73,9 @@ class MqttConsumer:
         if settings.mqtt_username:
             c.username_pw_set(settings.mqtt_username, settings.mqtt_password)
         c.reconnect_delay_set(min_delay=1, max_delay=int(settings.retry_max_delay_s))
+        c.max_inflight_messages_set(1000)  # our own publishes: retained watermarks, one per device a second at most
         if log.isEnabledFor(logging.DEBUG):
             c.enable_logger(logging.getLogger("paho"))  # packet trace, only when asked for
-        # With a write callback set, paho only queues a packet queued from another thread (and wakes the
-        # network thread's select); without one it writes there and then, on the socket the network
-        # thread writes too, so two threads could interleave the halves of two packets.
-        c.on_socket_register_write = _queued_for_the_network_thread
         c.on_connect = self._on_connect
         c.on_disconnect = self._on_disconnect
         c.on_fast_publish = self._on_fast_publish
@@ -180,12 +176,11 @@ class MqttConsumer:
         return rc
 
     def publish(self, topic: str, payload: bytes) -> mqtt.MQTTMessageInfo:
-        """Retained QoS 0 (a watermark). A lost one costs only a resend (the device keeps its rows until one
-        arrives, and ingest's writes are idempotent), while QoS 1 made each one a tracked message with a
-        PUBACK to read: 86 against 19 µs of ingest's CPU a publish, at up to 2,000 a second. Retained, it
-        is still what a reconnecting device receives first."""
+        """Retained QoS 1 (a watermark); paho queues it while the broker is away and sends it on reconnect.
+        QoS 0 costs less CPU (19 against 86 µs a publish) and measured faster in bench/ingest.py, but under
+        bench/alerts.py at 10,000 devices ingest stalled with it (docs/operations.md): not yet understood."""
         with self._paho_lock:
-            return self._client.publish(topic, payload, qos=0, retain=True)
+            return self._client.publish(topic, payload, qos=1, retain=True)
 
     def ack(self, items: Sequence[Inbound]) -> int:
         """PUBACK in arrival order; items from a previous connection are skipped (the broker resends them)."""
@@ -227,6 +222,3 @@ class MqttConsumer:
     def _on_message(self, _c: mqtt.Client, _ud: Any, msg: mqtt.MQTTMessage) -> None:
         self._on_fast_publish(msg.mid, msg.qos, msg.topic, bytes(msg.payload))
 
-
-def _queued_for_the_network_thread(_client: mqtt.Client, _userdata: Any, _sock: Any) -> None:
-    """paho's external-loop hook: nothing to do, the network thread's loop writes whatever is queued."""

@@ -111,6 +111,19 @@ async def latest_readings(conn: Conn, who: Viewer, device_id: str,
     return [Reading(metric=r[0], ts=r[1], value=r[2], unit=units.get(r[0])) for r in await cur.fetchall()]
 
 
+def _window(start: datetime | None, end: datetime | None) -> tuple[datetime, datetime]:
+    """[start, end) with the defaults filled in (end: now, start: an hour before end); 422 for a naive time
+    or an end too early to have an hour before it (year 1)."""
+    end = end or datetime.now(UTC)
+    try:
+        start = start or end - timedelta(hours=1)
+    except OverflowError:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "end is too early: give start too") from None
+    if start.tzinfo is None or end.tzinfo is None:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "start and end need a time zone (e.g. Z)")
+    return start, end
+
+
 def _source(span: timedelta, bucket_s: int) -> str:
     """Raw rows for short ranges (exact, and current to the second); a rollup no coarser than the bucket
     for long ones."""
@@ -131,10 +144,7 @@ async def metric_range(conn: Conn, who: Viewer, device_id: str, metric: str,
     profile = load_profiles().get(profile_name)
     if profile is None or metric not in profile.metrics:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"{metric!r} is not a metric of {profile_name}")
-    end = end or datetime.now(UTC)
-    start = start or end - timedelta(hours=1)
-    if start.tzinfo is None or end.tzinfo is None:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "start and end need a time zone (e.g. Z)")
+    start, end = _window(start, end)
     if start >= end:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "start must be before end")
     if (end - start).total_seconds() / bucket_s > 10_000:
@@ -158,10 +168,7 @@ async def traffic(conn: Conn, who: Viewer, device_id: str, start: datetime | Non
                   end: datetime | None = None) -> list[TrafficCount]:
     """Objects counted per line, class and direction over [start, end) (default: the last hour)."""
     await device_profile(conn, device_id)
-    end = end or datetime.now(UTC)
-    start = start or end - timedelta(hours=1)
-    if start.tzinfo is None or end.tzinfo is None:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "start and end need a time zone (e.g. Z)")
+    start, end = _window(start, end)
     cur = await conn.execute("""SELECT line, cls, direction, sum(count)::bigint FROM traffic_counts
         WHERE device_id = %s AND ts >= %s AND ts < %s GROUP BY 1, 2, 3 ORDER BY 1, 2, 3""", (device_id, start, end))
     return [TrafficCount(line=r[0], cls=r[1], direction=r[2], count=r[3]) for r in await cur.fetchall()]
