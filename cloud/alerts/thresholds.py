@@ -7,8 +7,15 @@ previous read (a filtered scan of the newest rows: no sort, no write), plus the 
 those only their latest reading (one primary-key probe each). The work follows the hot readings, not the
 fleet nor the message rate's square; 200 rules cost one round trip instead of 200.
 
+"Since the previous read" is by commit, not by time stamp: ingest records, in the transaction that writes
+them, the oldest time stamp of each batch of readings (telemetry_commits), and the window reaches back to the
+oldest one among the commits this reader has not seen yet (never past the rules' staleness: an older reading
+is no reading). A reading committed late, when ingest is behind or a device replays its outbox, is read on
+the next cycle, not on the next full read.
+
 A full read (every selected device's latest reading, one probe per device and metric) runs when the rules
-change and every `full_every_s`, catching a reading committed later than the window reaches back.
+change and every `full_every_s`: the net for readings written by something other than ingest later than
+`overlap_s` after their time stamp, and for a transaction open longer than COMMIT_SLACK_S.
 """
 
 from __future__ import annotations
@@ -54,6 +61,12 @@ FULL = (f"WITH cand AS (SELECT w.metric, d.device_id, w.above, w.below FROM devi
         f" OR (c.metric, c.device_id) IN ({_TRACKED})")
 
 
+# Commits recorded since the previous read began, minus the slack: a transaction's row carries its start, and
+# one may commit up to this long after it started and still be seen.
+_COMMITS = "SELECT id, oldest_ts FROM telemetry_commits WHERE committed_at > %s"
+COMMIT_SLACK_S = 60.0
+
+
 def _loosest(rules: Sequence[ThresholdRule]) -> tuple[list[str], list[float], list[float]]:
     metrics = sorted({r.metric for r in rules})
     above = [min((r.value for r in rules if r.metric == m and r.op in (">", ">=")), default=math.inf)
@@ -67,11 +80,12 @@ class ThresholdReader:
     """Keeps the window's start between cycles; one instance per evaluation connection's evaluator."""
 
     def __init__(self, overlap_s: float = 3.0, full_every_s: float = 300.0) -> None:
-        # Each read covers readings stamped since the previous read began, minus overlap_s + ingest's
-        # reported lag; one committed later than that after its own time stamp waits for the next full read.
+        # Each read covers readings stamped since the previous read began minus overlap_s, and back to the
+        # oldest reading of every commit not seen yet.
         self.overlap_s = overlap_s
         self.full_every_s = full_every_s
         self._prev_at: datetime | None = None
+        self._seen_commits: set[int] = set()  # ids returned by the previous read's look at telemetry_commits
         self._full_at = -math.inf
         self._rules: list[ThresholdRule] = []
         self.last_full = False
@@ -85,17 +99,23 @@ class ThresholdReader:
             return {}
         metrics, above, below = _loosest(rules)
         pairs = sorted(set(tracked))
-        params = {"metrics": metrics, "above": above, "below": below, "stale": max(r.stale_s for r in rules),
+        stale_s = max(r.stale_s for r in rules)
+        params = {"metrics": metrics, "above": above, "below": below, "stale": stale_s,
                   "t_metrics": [m for m, _ in pairs], "t_devices": [d for _, d in pairs]}
         full = (self._prev_at is None or list(rules) != self._rules
                 or time.monotonic() - self._full_at > self.full_every_s)
+        unseen_oldest = self._new_commits(conn, now)
         if full:
             sql = FULL
             self._full_at = time.monotonic()
         else:
             assert self._prev_at is not None
             sql = INCREMENTAL
-            params["start"] = self._prev_at - timedelta(seconds=self.overlap_s + ingest_lag_s(conn))
+            start = self._prev_at - timedelta(seconds=self.overlap_s)
+            if unseen_oldest is not None:  # no further back than the staleness: an older reading is no reading
+                oldest = unseen_oldest - timedelta(milliseconds=1)  # the window is open: ts > start
+                start = min(start, max(oldest, now - timedelta(seconds=stale_s)))
+            params["start"] = start
         with conn.cursor() as cur:
             rows = cur.execute(sql, params, prepare=False).fetchall()
         self._prev_at, self._rules, self.last_full = now, list(rules), full
@@ -104,13 +124,14 @@ class ThresholdReader:
             out.setdefault(metric, []).append(Reading(dev, site, profile, frozenset(tags), value, ts))
         return out
 
-
-def ingest_lag_s(conn: psycopg.Connection) -> float:
-    """How late ingest commits readings (time stamp to commit) as its processes report it: the window reaches
-    back past that, or a reading committed late would be missed until the next full read."""
-    row = conn.execute("SELECT max(greatest(coalesce(latency_p50_ms, 0), coalesce(lag_ms, 0))) / 1000"
-                       " FROM ingest_instances WHERE updated_at > now() - interval '1 minute'").fetchone()
-    return float(row[0]) if row and row[0] is not None else 0.0
+    def _new_commits(self, conn: psycopg.Connection, now: datetime) -> datetime | None:
+        """The oldest reading among ingest's commits this reader has not seen (None: none new). Read before
+        the readings: a commit in between is read again next cycle, which only repeats a reading."""
+        since = (self._prev_at or now) - timedelta(seconds=COMMIT_SLACK_S)
+        rows = conn.execute(_COMMITS, (since,)).fetchall()
+        unseen = [oldest for i, oldest in rows if i not in self._seen_commits]
+        self._seen_commits = {i for i, _ in rows}
+        return min(unseen, default=None)
 
 
 def threshold_rows(rule: ThresholdRule, readings: Iterable[Reading], now: datetime,

@@ -38,6 +38,9 @@ class MaintenanceResult:
     skipped: str | None = None  # a step that gave up waiting for a lock (done next pass)
 
 
+COMMITS_KEPT_S = 900  # telemetry_commits: the alarm evaluator looks back a few minutes at most
+
+
 def settings(conn: psycopg.Connection) -> dict[str, str]:
     return dict(conn.execute("SELECT key, value FROM ioc_settings").fetchall())
 
@@ -60,6 +63,8 @@ def run_maintenance(conn: psycopg.Connection) -> MaintenanceResult:
             deleted = trim_dead_letters(conn, int(settings(conn).get("dead_letter_retention_days", "14")))
             if deleted:
                 log.info("maintenance: %d dead letters past retention deleted", deleted)
+            conn.execute("DELETE FROM telemetry_commits WHERE committed_at < now() - %s * interval '1 second'",
+                         (COMMITS_KEPT_S,))
             if backend == "timescale":
                 return MaintenanceResult(ran=True, timescale=run_timescale_upkeep(conn), dead_letters_deleted=deleted)
             started = time.monotonic()

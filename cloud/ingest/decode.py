@@ -69,6 +69,7 @@ class Decoded:
     dead: DeadLetter | None = None
     sent_at: int | None = None
     newest_ts: int | None = None
+    oldest_reading_ts: int | None = None  # of the readings stored: how far back this commit reaches (alarms)
 
     @property
     def points(self) -> int:
@@ -162,6 +163,7 @@ class Decoder:
         out.telemetry.clear()
         out.counts.clear()
         out.minutes.clear()
+        out.oldest_reading_ts = None
         out.events.clear()
         out.status = None
         out.config = None
@@ -237,6 +239,8 @@ class Decoder:
                     rejected.append(f"metric {name!r} belongs on stream {spec.stream!r}, not {stream!r}")
                 else:
                     rejected.append(spec.check(name, value) or f"{name}={value} rejected")
+        if lines:
+            out.oldest_reading_ts = min(s.ts for s in msg.samples if lo <= s.ts <= hi)
         self._finish(out, msg, rejected, max(s.ts for s in msg.samples))
 
     def _counts(self, out: Decoded, msg: CountsMessage, known: KnownDevice, now_ms: int) -> None:

@@ -40,6 +40,9 @@ CREATE TEMP TABLE IF NOT EXISTS stage_traffic_counts (LIKE traffic_counts) ON CO
 """
 _TELEMETRY_COLUMNS = "(ts, device_id, metric, value)"
 _COUNTS_COLUMNS = "(ts, device_id, line, cls, direction, interval_s, count, boot_id)"
+# What this transaction reaches back to: the alarm evaluator reads every reading committed since its last
+# read from these rows (cloud/alerts/thresholds.py).
+_RECORD_COMMIT = "INSERT INTO telemetry_commits (oldest_ts, points) VALUES (to_timestamp(%s), %s)"
 _MARK_DIRTY = """
 INSERT INTO rollup_dirty (instance, bucket)
 SELECT %s::text, to_timestamp(m * 60) FROM unnest(%s::bigint[]) AS m
@@ -245,6 +248,9 @@ class BatchWriter:
             conflicts += _copy(cur, "telemetry", _TELEMETRY_COLUMNS, telemetry, dedupe)
             if self._mark_rollups:
                 cur.execute(_MARK_DIRTY, (self._instance, _minutes(batch)))
+            oldest = min((d.oldest_reading_ts for d in batch if d.oldest_reading_ts is not None), default=None)
+            if oldest is not None:
+                cur.execute(_RECORD_COMMIT, (oldest / 1000, sum(len(d.telemetry) for d in batch)))
         counts = "".join(line for d in batch for line in d.counts)
         if counts:
             conflicts += _copy(cur, "traffic_counts", _COUNTS_COLUMNS, counts, dedupe)

@@ -33,9 +33,10 @@ class Sender:
         self.boot = uuid.uuid4().hex
         self.seq = 0
 
-    def send(self, **values: float) -> None:
+    def send(self, ts_ms: int | None = None, **values: float) -> None:
+        """ts_ms: the reading's time stamp when not now (a reading replayed from a device's outbox)."""
         msg = TelemetryMessage(device_id=self.device_id, boot_id=self.boot, seq=self.seq,
-                               samples=[MetricSample(ts=now_ms(), values=values)])
+                               samples=[MetricSample(ts=now_ms() if ts_ms is None else ts_ms, values=values)])
         self.seq += 1
         single.single(topics.telemetry(self.site, self.device_id, "env"), msg.model_dump_json(), qos=1,
                       hostname=self.stack.mqtt_host, port=self.stack.mqtt_port, auth=paho_auth(self.stack))

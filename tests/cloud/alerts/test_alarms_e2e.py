@@ -23,6 +23,7 @@ from cloud.alerts.service import AlertService
 from cloud.alerts.settings import AlertSettings
 from cloud.alerts.webhooks import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
 from cloud.ingest.service import IngestService
+from contract.messages import now_ms
 from ioc.cli import app
 from ioc.stack import Stack
 
@@ -174,6 +175,29 @@ def _spawn(stack: Stack, rules: Path, instance: str, log: Path, lock_id: int) ->
     with log.open("ab") as f:
         return subprocess.Popen([sys.executable, "-m", "ioc", "alerts", "run", "--rules", str(rules),
                                  "--instance", instance], env=env, stdout=f, stderr=subprocess.STDOUT)
+
+
+def test_a_reading_committed_long_after_its_time_stamp_raises_on_the_next_cycle(
+        stack: Stack, ingest: IngestService, db: psycopg.Connection, device: Sender, watcher: AlarmWatcher,
+        services: list[AlertService], tmp_path: Path) -> None:
+    """A gateway back from an uplink outage replays its outbox: its newest reading, 45 s old when it arrives,
+    is over the threshold. The evaluator reads it on its next cycle (ingest records how far back each commit
+    reaches), not at its next full read minutes later."""
+    rule = f"pm25-late-{uuid.uuid4().hex[:6]}"
+    write_rules(tmp_path / "rules", pm25_rule(rule, device.device_id, hold=0))
+    svc = AlertService(_settings(stack, tmp_path / "rules"))
+    services.append(svc)
+    svc.start()
+    assert svc.wait_active(15)
+    first = svc.cycles
+    wait_until(lambda: svc.cycles >= first + 3, timeout=15, what="the evaluator past its first (full) read")
+    device.send(ts_ms=now_ms() - 45_000, pm25=95.0)
+    wait_until(lambda: db.execute("SELECT 1 FROM telemetry WHERE device_id = %s", (device.device_id,)).fetchone(),
+               timeout=20, what="the replayed reading stored")
+    committed = svc.cycles
+    wait_until(lambda: _alarms(db, rule), timeout=15, what="the alarm for the replayed reading")
+    assert svc.cycles - committed <= 3, "raised, but only cycles after the reading was committed"
+    wait_until(lambda: watcher.events(device.device_id) == ["raised"], timeout=20, what="the MQTT notification")
 
 
 def test_evaluator_killed_mid_duration_and_restarted_raises_on_time(
