@@ -5,7 +5,8 @@ A revocation whose CRL could not be written reaches the CRL later, by a retry or
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -83,49 +84,49 @@ def test_two_api_processes_revoke_an_expired_grace_once(
             server.stop()
 
 
-def test_revocation_whose_crl_failed_reaches_it_without_another_request(
-        stack: Stack, as_role: Callable[[str], httpx.Client], tmp_path: Path) -> None:
-    settings = _settings(stack, tmp_path, 0.1)
+@contextmanager
+def _registry_with_a_device(stack: Stack, as_role: Callable[[str], httpx.Client], tmp_path: Path,
+                            check_interval_s: float) -> Iterator[tuple[httpx.Client, Path, str]]:
+    """A technician's client to a registry of its own (its CA folder) and a new device on it."""
+    settings = _settings(stack, tmp_path, check_interval_s)
     ca = settings.broker_ca_dir
     assert ca is not None
     server, url = serve(settings)
     try:
         with httpx.Client(base_url=url, headers=as_role("technician").headers, timeout=30) as api:
-            device_id = new_device(api, "crl")["device_id"]
-            first = _sign(api, device_id, tmp_path / "1")
-            blocker = _unwritable_crl(ca)
-            _refused_as_recorded(api.delete(f"/devices/{device_id}/certificates/{first}"))
-            second = _sign(api, device_id, tmp_path / "2")
-            _refused_as_recorded(api.post(f"/devices/{device_id}/certificate", json={
-                "csr": _csr(device_id, tmp_path / "2")[0], "grace_s": 0}))  # revokes `second` at once
-            statuses = {c["serial"]: c["status"] for c in api.get(f"/devices/{device_id}/certificates").json()}
-            assert statuses[str(first)] == statuses[str(second)] == "revoked"  # committed, whatever the CRL
-            assert not {first, second} & _crl_serials(ca)
-
-            blocker.rmdir()  # the disk has room again: no request follows
-            wait_until(lambda: {first, second} <= _crl_serials(ca), what="the revoked serials on the CRL")
+            yield api, ca, new_device(api, "crl")["device_id"]
     finally:
         server.stop()
+
+
+def test_revocation_whose_crl_failed_reaches_it_without_another_request(
+        stack: Stack, as_role: Callable[[str], httpx.Client], tmp_path: Path) -> None:
+    with _registry_with_a_device(stack, as_role, tmp_path, 0.1) as (api, ca, device_id):
+        first = _sign(api, device_id, tmp_path / "1")
+        blocker = _unwritable_crl(ca)
+        _refused_as_recorded(api.delete(f"/devices/{device_id}/certificates/{first}"))
+        second = _sign(api, device_id, tmp_path / "2")
+        _refused_as_recorded(api.post(f"/devices/{device_id}/certificate", json={
+            "csr": _csr(device_id, tmp_path / "2")[0], "grace_s": 0}))  # revokes `second` at once
+        statuses = {c["serial"]: c["status"] for c in api.get(f"/devices/{device_id}/certificates").json()}
+        assert statuses[str(first)] == statuses[str(second)] == "revoked"  # committed, whatever the CRL
+        assert not {first, second} & _crl_serials(ca)
+
+        blocker.rmdir()  # the disk has room again: no request follows
+        wait_until(lambda: {first, second} <= _crl_serials(ca), what="the revoked serials on the CRL")
 
 
 def test_repeating_a_revocation_whose_crl_failed_renders_it(
         stack: Stack, as_role: Callable[[str], httpx.Client], tmp_path: Path) -> None:
-    settings = _settings(stack, tmp_path, 600)  # the periodic check stays out of the way
-    ca = settings.broker_ca_dir
-    assert ca is not None
-    server, url = serve(settings)
-    try:
-        with httpx.Client(base_url=url, headers=as_role("technician").headers, timeout=30) as api:
-            device_id = new_device(api, "crl")["device_id"]
-            serial = _sign(api, device_id, tmp_path / "1")
-            blocker = _unwritable_crl(ca)
-            _refused_as_recorded(api.delete(f"/devices/{device_id}/certificates/{serial}"))
-            blocker.rmdir()
-            r = api.delete(f"/devices/{device_id}/certificates/{serial}")
-            assert r.status_code == 200, r.text
-            assert r.json()["status"] == "revoked"
-            assert serial in _crl_serials(ca)
-            audit = api.get("/audit", params={"target": device_id, "action": "certificate.revoke"}).json()
-            assert [e["after"]["serial"] for e in audit["items"]] == [str(serial)]  # revoked once
-    finally:
-        server.stop()
+    # The periodic check stays out of the way (600 s).
+    with _registry_with_a_device(stack, as_role, tmp_path, 600) as (api, ca, device_id):
+        serial = _sign(api, device_id, tmp_path / "1")
+        blocker = _unwritable_crl(ca)
+        _refused_as_recorded(api.delete(f"/devices/{device_id}/certificates/{serial}"))
+        blocker.rmdir()
+        r = api.delete(f"/devices/{device_id}/certificates/{serial}")
+        assert r.status_code == 200, r.text
+        assert r.json()["status"] == "revoked"
+        assert serial in _crl_serials(ca)
+        audit = api.get("/audit", params={"target": device_id, "action": "certificate.revoke"}).json()
+        assert [e["after"]["serial"] for e in audit["items"]] == [str(serial)]  # revoked once
