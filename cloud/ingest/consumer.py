@@ -221,4 +221,3 @@ class MqttConsumer:
 
     def _on_message(self, _c: mqtt.Client, _ud: Any, msg: mqtt.MQTTMessage) -> None:
         self._on_fast_publish(msg.mid, msg.qos, msg.topic, bytes(msg.payload))
-
