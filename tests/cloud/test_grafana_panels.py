@@ -349,10 +349,16 @@ def _tail(check: Check, n: int) -> Check:
 
 
 def expected_aqi(s: Seed) -> dict[datetime, int]:
-    """VN_AQI per hour, computed by the Python implementation from the seeded readings."""
+    """VN_AQI per hour up to the current one, computed by the Python implementation from the seeded readings.
+
+    An hour without readings of its own still has a NowCast when 2 of its last 3 hours have some (the current
+    hour, in its first minutes, before the seeded readings reach it)."""
     means = {h: sum(v) / len(v) for h, v in s.pm25_hourly.items()}
+    now = datetime.now(UTC)
+    hours = [min(means) + timedelta(hours=i)
+             for i in range(int((max(means) - min(means)) / timedelta(hours=1)) + 12)]
     out = {}
-    for h in means:
+    for h in (h for h in hours if h <= now):
         got = hourly_aqi({"pm25": [means.get(h - timedelta(hours=i)) for i in range(12)]})
         if got is not None:
             out[h] = got.aqi
