@@ -44,9 +44,11 @@ _COUNTS_COLUMNS = "(ts, device_id, line, cls, direction, interval_s, count, boot
 # read from these rows (cloud/alerts/thresholds.py).
 _RECORD_COMMIT = "INSERT INTO telemetry_commits (oldest_ts, points) VALUES (to_timestamp(%s), %s)"
 _MARK_DIRTY = """
-INSERT INTO rollup_dirty (instance, bucket)
-SELECT %s::text, to_timestamp(m * 60) FROM unnest(%s::bigint[]) AS m
-ON CONFLICT (instance, bucket) DO UPDATE SET bucket = EXCLUDED.bucket"""  # lock the row: upkeep waits for our commit
+INSERT INTO rollup_dirty (instance, bucket, marked_at)
+SELECT %s::text, to_timestamp(m * 60), now() FROM unnest(%s::bigint[]) AS m
+ON CONFLICT (instance, bucket) DO UPDATE SET marked_at = EXCLUDED.marked_at"""
+# The update locks the row (upkeep waits for our commit) and restarts the minute's grace: upkeep recomputes a
+# minute once batches stop reaching it (migration 0120).
 # Events in one statement; returns those whose key was already stored with other details or severity (the
 # join reads the table as it was before this statement's insert, so new rows never match themselves).
 _INSERT_EVENTS = """
@@ -154,6 +156,11 @@ def _minutes(batch: Sequence[Decoded]) -> list[int]:
     return sorted(set().union(*(d.minutes for d in batch)))
 
 
+def mark_dirty(cur: psycopg.Connection | psycopg.Cursor, instance: str, minutes: list[int]) -> None:
+    """Mark these minutes (epoch minutes) for upkeep to recompute their rollups or aggregates once settled."""
+    cur.execute(_MARK_DIRTY, (instance, minutes))
+
+
 def is_data_error(e: psycopg.Error) -> bool:
     """True when the content of a message caused the error, so retrying it can never succeed: a server
     data or constraint error, or a value the driver itself refuses (no SQLSTATE, not a connection error)."""
@@ -211,7 +218,7 @@ class BatchWriter:
         before = self.partial_writes
         with conn.transaction():
             if self._mark_rollups:  # all of them first, in order, as _write does: no lock-order deadlock
-                conn.execute(_MARK_DIRTY, (self._instance, _minutes(batch)))
+                mark_dirty(conn, self._instance, _minutes(batch))
             mid = len(batch) // 2
             if mid == 0:
                 dead = self._write_part(conn, batch)
@@ -247,7 +254,7 @@ class BatchWriter:
         if telemetry:
             conflicts += _copy(cur, "telemetry", _TELEMETRY_COLUMNS, telemetry, dedupe)
             if self._mark_rollups:
-                cur.execute(_MARK_DIRTY, (self._instance, _minutes(batch)))
+                mark_dirty(cur, self._instance, _minutes(batch))
             oldest = min((d.oldest_reading_ts for d in batch if d.oldest_reading_ts is not None), default=None)
             if oldest is not None:
                 cur.execute(_RECORD_COMMIT, (oldest / 1000, sum(len(d.telemetry) for d in batch)))
