@@ -68,6 +68,14 @@ def gather(conn: psycopg.Connection, frm: datetime, to: datetime) -> ReportData:
 
 
 # -- charts -------------------------------------------------------------------------------------------
+def chart_text(name: str) -> str:
+    """A registry name (any text but '/', '+', '#') as chart text: matplotlib parses "$...$" as mathematics
+    and fails the whole chart on an unknown symbol, hides a legend label that starts with "_", and draws a
+    box for a control character."""
+    text = "".join(c if c.isprintable() else "?" for c in name).replace("$", r"\$")
+    return f" {text}" if text.startswith("_") else text
+
+
 def _png(fig: Any) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
@@ -93,7 +101,7 @@ def charts(d: ReportData) -> dict[str, bytes]:
                     va="center", fontsize=8)
     for site in sorted({s for _, s, _ in d.aqi}):
         pts = [(h, a) for h, s, a in d.aqi if s == site]
-        ax.step(date2num([h for h, _ in pts]), [a for _, a in pts], where="post", label=site, lw=1.5)
+        ax.step(date2num([h for h, _ in pts]), [a for _, a in pts], where="post", label=chart_text(site), lw=1.5)
     ax.set_ylim(0, min(500, top * 1.1))
     ax.set_xlim(*span)
     ax.xaxis_date()
@@ -112,7 +120,7 @@ def charts(d: ReportData) -> dict[str, bytes]:
     for site in sites:
         vals = {h: n for h, s, n in d.traffic if s == site}
         ys = [vals.get(h, 0) for h in hours]
-        ax.bar(date2num(hours), ys, width=1 / 26, bottom=[bottom[h] for h in hours], label=site)
+        ax.bar(date2num(hours), ys, width=1 / 26, bottom=[bottom[h] for h in hours], label=chart_text(site))
         for h, y in zip(hours, ys, strict=True):
             bottom[h] += y
     ax.set_xlim(*span)
@@ -131,7 +139,7 @@ def charts(d: ReportData) -> dict[str, bytes]:
         if where:
             ax.scatter([p[0] for p in where], [p[1] for p in where], s=18, c=colour, label=label, zorder=3)
     for site, lat, lon in d.sites:
-        ax.annotate(site, (lon, lat), textcoords="offset points", xytext=(6, 6), fontsize=8, weight="bold")
+        ax.annotate(chart_text(site), (lon, lat), textcoords="offset points", xytext=(6, 6), fontsize=8, weight="bold")
     ax.ticklabel_format(useOffset=False, style="plain")
     ax.set_xlabel("longitude")
     ax.set_ylabel("latitude")

@@ -7,6 +7,7 @@ import re
 import shutil
 import subprocess
 import uuid
+import warnings
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from cloud.db.devices import register_devices
 from cloud.db.maintenance import run_maintenance
 from cloud.db.migrate import current_backend
 from ioc.cli import app
+from ioc.report import ReportData, chart_text, charts
 from ioc.stack import Stack
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -113,3 +115,19 @@ def test_report_refuses_a_reversed_range(stack: Stack, tmp_path: Path) -> None:
                                    "--from", "2026-01-02T00:00", "--to", "2026-01-01T00:00"])
     assert res.exit_code == 1
     assert "--from must be before --to" in res.output
+
+
+def test_charts_draw_any_site_name_the_registry_accepts() -> None:
+    """A site may be named with '$' (matplotlib's mathematics), a leading '_' or a control character: the charts
+    still draw, and show the name."""
+    names = [r"$\foo$ east", "_depot", "ga\x88ra"]
+    hour = datetime(2026, 12, 1, 8, tzinfo=UTC)
+    data = ReportData(hour, hour + timedelta(hours=3), [(hour, n, 60 + i) for i, n in enumerate(names)], [],
+                      [(hour, n, 10) for n in names], [], [], [("env-gateway", 3, 3, 0)], [],
+                      [(f"d{i}", n, 21.0 + i / 100, 105.8, True) for i, n in enumerate(names)],
+                      [(n, 21.0 + i / 100, 105.8) for i, n in enumerate(names)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a glyph the font lacks, a legend label hidden: each a warning
+        pngs = charts(data)
+    assert set(pngs) == {"vn_aqi.png", "traffic.png", "map.png", "fleet.png"}
+    assert [chart_text(n) for n in names] == [r"\$\foo\$ east", " _depot", "ga?ra"]
