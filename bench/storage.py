@@ -143,6 +143,7 @@ def load(stack: Stack, args: argparse.Namespace, run: Run) -> None:
     cache.close()
     t1 = time.monotonic()
     with psycopg.connect(stack.dsn, autocommit=True) as conn:  # aggregates of everything loaded
+        conn.execute("UPDATE rollup_dirty SET marked_at = NULL")  # loading is over: every minute has settled
         while run_maintenance(conn).ran and conn.execute("SELECT count(*) FROM rollup_pending").fetchone() != (0,):
             pass  # the plain path recomputes a day of minutes per pass
         conn.execute("VACUUM ANALYZE")

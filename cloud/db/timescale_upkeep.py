@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 MINUTE = timedelta(minutes=1)
 HOUR = timedelta(hours=1)
 MERGE_GAP = timedelta(minutes=15)  # refresh neighbouring dirty windows in one call when this close
+TAKE_LOCK_TIMEOUT = "500ms"  # as the plain path's (cloud/db/maintenance.py)
 MAX_PENDING = 100_000  # minutes taken per pass (about 70 days of one late box)
 POLICIES = ("policy_compression", "policy_retention", "policy_refresh_continuous_aggregate")
 
@@ -60,7 +61,8 @@ def refresh_late_aggregates(conn: psycopg.Connection) -> tuple[int, int]:
     """Refresh the 1-minute aggregate over every complete dirty minute, then the 1-hour one over every
     complete hour they fall in (the hour still under way is read in real time), then the hourly VN_AQI of
     all those hours. Returns (minutes, calls)."""
-    with conn.transaction():
+    with conn.transaction():  # short: ingest's marks wait only for this (and a lock wait gives up: next pass)
+        conn.execute(f"SET LOCAL lock_timeout = '{TAKE_LOCK_TIMEOUT}'")
         conn.execute("SELECT ioc_take_dirty_rollups()")
     minutes = [r[0] for r in conn.execute(
         "SELECT bucket FROM rollup_pending ORDER BY bucket LIMIT %s", (MAX_PENDING,))]

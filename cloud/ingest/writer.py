@@ -45,7 +45,7 @@ _COUNTS_COLUMNS = "(ts, device_id, line, cls, direction, interval_s, count, boot
 _RECORD_COMMIT = "INSERT INTO telemetry_commits (oldest_ts, points) VALUES (to_timestamp(%s), %s)"
 _MARK_DIRTY = """
 INSERT INTO rollup_dirty (instance, bucket, marked_at)
-SELECT %s::text, to_timestamp(m * 60), now() FROM unnest(%s::bigint[]) AS m
+SELECT %s::text, to_timestamp(m * 60), statement_timestamp() FROM unnest(%s::bigint[]) AS m
 ON CONFLICT (instance, bucket) DO UPDATE SET marked_at = EXCLUDED.marked_at"""
 # The update locks the row (upkeep waits for our commit) and restarts the minute's grace: upkeep recomputes a
 # minute once batches stop reaching it (migration 0120).

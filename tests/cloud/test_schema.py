@@ -146,6 +146,16 @@ def test_a_minute_ingest_still_writes_to_is_recomputed_once_batches_stop_reachin
         run_maintenance(conn)
         assert conn.execute("SELECT count(*) FROM rollup_dirty").fetchone() == (0,)
         assert stored() == (2, 30.0)
+        # Two ingest processes: the minute waits for the one still writing to it.
+        ingest_writes(30)
+        mark_dirty(conn, "i2", [epoch_minute])
+        conn.execute("UPDATE rollup_dirty SET marked_at = now() - interval '11 seconds' WHERE instance = 'i1'")
+        run_maintenance(conn)
+        assert conn.execute("SELECT count(*) FROM rollup_dirty").fetchone() == (2,)
+        conn.execute("UPDATE rollup_dirty SET marked_at = now() - interval '11 seconds'")
+        run_maintenance(conn)
+        assert conn.execute("SELECT count(*) FROM rollup_dirty").fetchone() == (0,)
+        assert stored() == (3, 60.0)
 
 
 @pytest.mark.backend_only("timescale")

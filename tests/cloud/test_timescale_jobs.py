@@ -89,7 +89,9 @@ def test_redelivery_into_a_compressed_chunk_stays_exactly_once(fresh_dsn: str) -
         with psycopg.connect(fresh_dsn, autocommit=True) as conn:
             row = conn.execute("SELECT count(*), count(DISTINCT ts) FROM telemetry WHERE device_id = 'd2'").fetchone()
             assert row == (55, 55)
+            conn.execute("UPDATE rollup_dirty SET marked_at = NULL")  # settled: no batch will follow
             wait_until(lambda: run_maintenance(conn).ran, what="an upkeep pass")
+            assert conn.execute("SELECT count(*) FROM rollup_dirty").fetchone() == (0,)
             agg = conn.execute("SELECT sum(n) FROM telemetry_1m WHERE device_id = 'd2'").fetchone()
             assert agg == (55,)  # the aggregate counts each reading once too
     finally:

@@ -1,4 +1,5 @@
--- A dirty minute is recomputed once it has settled: complete, and no ingest batch has marked it for the grace.
+-- A dirty minute is recomputed once it has settled: complete, and no ingest batch (of any instance) has marked
+-- it for the grace.
 -- While ingest runs behind, a minute keeps receiving rows long after it ended; taking it at every upkeep pass
 -- re-aggregated the whole minute of every device each time (TimescaleDB re-materialises a bucket whole),
 -- which slowed the writers further (bench/alerts.py at 10,000 devices: one telemetry_1m refresh held a core
@@ -12,11 +13,14 @@ RETURNS integer LANGUAGE plpgsql AS $$
 DECLARE
     taken integer;
 BEGIN
-    WITH moved AS (
-        DELETE FROM rollup_dirty
+    WITH settled AS (  -- per minute, across ingest instances: every instance's row has settled
+        SELECT bucket FROM rollup_dirty
         WHERE bucket + interval '1 minute' + grace < now()
-          AND (marked_at IS NULL OR marked_at + grace < now() OR first_marked_at + interval '5 minutes' < now())
-        RETURNING bucket
+        GROUP BY bucket
+        HAVING bool_and(marked_at IS NULL OR marked_at + grace < now())
+            OR min(first_marked_at) + interval '5 minutes' < now()
+    ), moved AS (
+        DELETE FROM rollup_dirty d USING settled s WHERE d.bucket = s.bucket RETURNING d.bucket
     )
     INSERT INTO rollup_pending SELECT DISTINCT bucket FROM moved ON CONFLICT DO NOTHING;
     GET DIAGNOSTICS taken = ROW_COUNT;

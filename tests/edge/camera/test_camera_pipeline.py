@@ -116,6 +116,24 @@ def test_pipeline_counts_and_emits_contract_messages(tmp_path: Path, monkeypatch
     assert all(m.values["occupancy"] > 90 for m in metrics)  # the square is in the frame-sized zone all along
 
 
+def test_a_clip_across_a_minute_boundary_counts_the_crossing_once(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    real_time = time.time
+    offset = 60 - real_time() % 60 - 3  # a minute boundary 3 s into the 6 s clip
+    monkeypatch.setattr(time, "time", lambda: real_time() + offset)
+    counts: list[CountSample] = []
+    metrics = []
+    pipeline = CameraPipeline(square_config(synthetic_video(tmp_path / "square.avi")), detector=SquareDetector())
+    summary = pipeline.run(on_counts=counts.extend, on_metrics=metrics.append)
+    assert dict(summary.totals) == {("mid", "car", "in"): 1}
+    assert len(counts) == 24  # two intervals, 6 classes x 2 directions each
+    assert sum(c.count for c in counts) == 1
+    assert len({c.ts for c in counts}) == 2
+    assert all(c.ts % 60000 == 0 for c in counts)
+    assert len(metrics) == 2
+    assert metrics[-1].values["occupancy"] > 90  # the square fills the zone all through the second interval
+
+
 def test_motion_gate_skips_a_still_scene(tmp_path: Path) -> None:
     still = tmp_path / "still.avi"
     writer = cv2.VideoWriter(str(still), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (320, 240))
