@@ -15,6 +15,7 @@ sends the unacknowledged messages again; ingest's idempotent writes absorb them)
 from __future__ import annotations
 
 import logging
+import select
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -56,9 +57,12 @@ class MqttConsumer:
         self._sink = sink
         self._in_flight = in_flight or (lambda: 0)
         self._on_crash = on_crash
-        # paho's reconnect() walks its outgoing packet queue unlocked: a watermark queued meanwhile by
-        # another thread killed the network thread ("deque mutated during iteration": 10,000 devices, a
-        # keepalive timeout under load), so publishing, acknowledging and reconnecting take turns on this lock.
+        # paho guards its outgoing queue only for its own loop_start() thread: without one, publish() and the
+        # PUBACKs write to the socket from the calling thread, unlocked. So every write takes turns on this
+        # lock: our network thread's reads, writes and reconnects (but not its select()), publishing and
+        # acknowledging. Unlocked, reconnect() walking the queue while a watermark was queued killed the network
+        # thread ("deque mutated during iteration", 10,000 devices), and two threads writing into a full
+        # socket can interleave their packets' bytes (a partial write by one, then the other's packet).
         self._paho_lock = threading.Lock()
         self.generation = 0
         self.connected = threading.Event()  # set once the broker confirmed our subscriptions
@@ -105,7 +109,8 @@ class MqttConsumer:
 
     def stop(self) -> None:
         self._closing.set()
-        self._client.disconnect()
+        with self._paho_lock:
+            self._client.disconnect()
         if self._thread is not None:
             self._thread.join(5)
 
@@ -146,7 +151,7 @@ class MqttConsumer:
         # disconnect() was called: let paho write the DISCONNECT (and anything queued before it)
         deadline = time.monotonic() + 2
         while c.socket() is not None and time.monotonic() < deadline:
-            if c.loop(timeout=0.05) != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            if self._io(c, 0.05) != MQTTErrorCode.MQTT_ERR_SUCCESS:
                 break
 
     def _loop_once(self, c: mqtt.Client) -> MQTTErrorCode:
@@ -164,16 +169,37 @@ class MqttConsumer:
             self.paused = False
         if not self.paused:
             self._last_read = time.monotonic()
-            return c.loop(timeout=0.1)
+            return self._io(c, 0.1)
         now = time.monotonic()
         if now - self._last_read >= KEEPALIVE_S / 2 and self._in_flight() < 2 * bound:
             self._last_read = now
-            return c.loop(timeout=0)  # one read: lets the PINGRESP in, keeps the session alive
-        rc = c.loop_write()
-        if rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
-            rc = c.loop_misc()
-        self._closing.wait(0.01)
-        return rc
+            return self._io(c, 0)  # one read: lets the PINGRESP in, keeps the session alive
+        return self._io(c, 0.01, read=False)  # writes and keepalive only
+
+    def _io(self, c: mqtt.Client, timeout: float, read: bool = True) -> MQTTErrorCode:
+        """One turn of paho's loop() from its public parts: select() outside `_paho_lock`, then the reads,
+        writes and keepalive inside it (see __init__)."""
+        sock = c.socket()
+        if sock is None:
+            return MQTTErrorCode.MQTT_ERR_NO_CONN
+        pending = read and getattr(sock, "pending", lambda: 0)() > 0  # TLS: bytes already decrypted
+        try:
+            readable, writable, _ = select.select([sock] if read else [], [sock] if c.want_write() else [], [],
+                                                  0.0 if pending else timeout)
+        except (OSError, ValueError):  # closed by another thread meanwhile
+            return MQTTErrorCode.MQTT_ERR_CONN_LOST
+        with self._paho_lock:
+            if c.socket() is not sock:  # lost or replaced meanwhile: the next turn sees the new state
+                return MQTTErrorCode.MQTT_ERR_SUCCESS if c.socket() is not None else MQTTErrorCode.MQTT_ERR_NO_CONN
+            if readable or pending:
+                rc = c.loop_read()
+                if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or c.socket() is None:
+                    return rc
+            if writable or c.want_write():
+                rc = c.loop_write()
+                if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or c.socket() is None:
+                    return rc
+            return c.loop_misc()
 
     def publish(self, topic: str, payload: bytes) -> mqtt.MQTTMessageInfo:
         """Retained QoS 1 (a watermark); paho queues it while the broker is away and sends it on reconnect.
