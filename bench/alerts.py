@@ -11,7 +11,7 @@ devices of the fleet (by default all but the probes: 10,000 devices at 1.5 messa
 message), so ingest really takes `--rate` messages/s from the whole fleet; ingest's committed rate is printed
 beside the figures.
 
-    python bench/alerts.py [--devices 10000] [--rules 200] [--rate 15000] [--loud 9970] [--probes 30]
+    python bench/alerts.py [--devices 10000] [--rules 200] [--rate 15000] [--loud 9970] [--probes 30] [--keep]
 """
 
 from __future__ import annotations
@@ -153,6 +153,8 @@ def main() -> None:
     ap.add_argument("--probes", type=int, default=30)
     ap.add_argument("--interval", type=float, default=1.0, help="evaluator pause between cycles, s")
     ap.add_argument("--naive-rules", type=int, default=2, help="rules the naive evaluator runs (extrapolated)")
+    ap.add_argument("--keep", action="store_true",
+                    help="leave the stack's folder (ingest.log, alerts.log, broker and database logs) for a look")
     args = ap.parse_args()
 
     root = scratch_dir("bench-alerts-")
@@ -295,7 +297,10 @@ def main() -> None:
             except subprocess.TimeoutExpired:
                 proc.kill()
         stack.down()
-        shutil.rmtree(root, ignore_errors=True)
+        if args.keep:
+            print(f"logs kept under {root}", flush=True)
+        else:
+            shutil.rmtree(root, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -1,15 +1,16 @@
 """The MQTT side of ingest: a persistent MQTT 5 session on a shared subscription, manual acks.
 
-The broker keeps unacknowledged messages in our session (clean start off, session expiry set), so a
-message is only gone from the broker once we acknowledged it, after the database commit.
+The broker keeps unacknowledged messages in our session (clean start off, session expiry set), so a message is
+only gone from the broker once we acknowledged it, after the database commit.
 
-Back-pressure is ours, not the broker's: Mosquitto 2.0.11 let 44,000 messages be unacknowledged with a
-Receive Maximum of 20,000. So our own network thread stops reading the socket while `in_flight()` (the
-messages received and not yet acknowledged) is at `receive_maximum`, and reads again below 90 % of it:
-TCP flow control then holds the rest at the broker. One read takes at most ~1 MiB, the overshoot. A long
-pause reads once every half keepalive so the broker's PINGRESP gets in and the session stays up, but only
-below twice the bound; beyond it paho drops the connection after a keepalive and we reconnect (the broker
-sends the unacknowledged messages again; ingest's idempotent writes absorb them).
+Back-pressure is ours, not the broker's: Mosquitto 2.0.11 let 44,000 messages be unacknowledged with a Receive
+Maximum of 20,000 (upstream #2306: a session with a backlog gets all of it, docs/operations.md). So our own
+network thread stops reading the socket while `in_flight()` (the messages received and not yet acknowledged)
+is at `receive_maximum`, and reads again below 90 % of it: TCP flow control then holds the rest at the broker.
+One read takes at most ~1 MiB, the overshoot. A long pause reads once every half keepalive so the broker's
+PINGRESP gets in and the session stays up, but only below twice the bound; beyond it paho drops the connection
+after a keepalive and we reconnect (the broker sends the unacknowledged messages again; ingest's idempotent
+writes absorb them).
 """
 
 from __future__ import annotations
@@ -45,8 +46,8 @@ class Inbound:
     generation: int  # connection it arrived on; acks for an older connection are meaningless
 
 
-KEEPALIVE_S = 30
 RESUME_AT = 0.9  # of the bound: read again below this
+MAX_UNACKED_PUBLISHES = 1000  # our own publishes the broker has not acknowledged (lowered to its Receive Maximum)
 
 
 class MqttConsumer:
@@ -77,7 +78,13 @@ class MqttConsumer:
         if settings.mqtt_username:
             c.username_pw_set(settings.mqtt_username, settings.mqtt_password)
         c.reconnect_delay_set(min_delay=1, max_delay=int(settings.retry_max_delay_s))
-        c.max_inflight_messages_set(1000)  # our own publishes: retained watermarks, one per device a second at most
+        # Our own publishes (retained watermarks) are bounded by publish_room(), not by paho: paho queues what
+        # is over its in-flight limit without bound and walks every outstanding message on each PUBACK, which
+        # under a slow broker (58,000 queued, 10,000 devices) cost more CPU than the telemetry itself.
+        c.max_inflight_messages_set(0)
+        self._unacked = 0  # our QoS 1 publishes without PUBACK yet; guarded by _paho_lock
+        self._publish_quota = MAX_UNACKED_PUBLISHES
+        self._refusal_logged = float("-inf")
         if log.isEnabledFor(logging.DEBUG):
             c.enable_logger(logging.getLogger("paho"))  # packet trace, only when asked for
         c.on_connect = self._on_connect
@@ -85,6 +92,7 @@ class MqttConsumer:
         c.on_fast_publish = self._on_fast_publish
         c.on_message = self._on_message  # the rare message paho decodes itself (e.g. one with properties)
         c.on_subscribe = self._on_subscribe
+        c.on_publish = self._on_publish
         self._client = c
 
     def subscriptions(self) -> list[tuple[str, int]]:
@@ -102,7 +110,7 @@ class MqttConsumer:
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = self._s.session_expiry_s
         props.ReceiveMaximum = self._s.receive_maximum
-        self._client.connect_async(self._s.mqtt_host, self._s.mqtt_port, keepalive=KEEPALIVE_S,
+        self._client.connect_async(self._s.mqtt_host, self._s.mqtt_port, keepalive=self._s.keepalive_s,
                                    clean_start=False, properties=props)
         self._thread = threading.Thread(target=self._network_loop, name="ingest-mqtt", daemon=True)
         self._thread.start()
@@ -171,7 +179,7 @@ class MqttConsumer:
             self._last_read = time.monotonic()
             return self._io(c, 0.1)
         now = time.monotonic()
-        if now - self._last_read >= KEEPALIVE_S / 2 and self._in_flight() < 2 * bound:
+        if now - self._last_read >= self._s.keepalive_s / 2 and self._in_flight() < 2 * bound:
             self._last_read = now
             return self._io(c, 0)  # one read: lets the PINGRESP in, keeps the session alive
         return self._io(c, 0.01, read=False)  # writes and keepalive only
@@ -203,10 +211,18 @@ class MqttConsumer:
 
     def publish(self, topic: str, payload: bytes) -> mqtt.MQTTMessageInfo:
         """Retained QoS 1 (a watermark); paho queues it while the broker is away and sends it on reconnect.
-        QoS 0 costs less CPU (19 against 86 µs a publish) and measured faster in bench/ingest.py, but under
-        bench/alerts.py at 10,000 devices ingest stalled with it (docs/operations.md): not yet understood."""
+        Callers keep to publish_room(). QoS 0 would cost less CPU, but nothing would then bound what waits
+        in paho's output queue while the broker reads slowly (ingest's memory grew ~3.5 MB/s that way)."""
         with self._paho_lock:
-            return self._client.publish(topic, payload, qos=1, retain=True)
+            info = self._client.publish(topic, payload, qos=1, retain=True)
+            self._unacked += 1
+            return info
+
+    def publish_room(self) -> int:
+        """How many more publishes the broker may have unacknowledged now: a broker that acknowledges slowly
+        (a backlog, a save) slows the watermarks down instead of growing a queue in this process."""
+        with self._paho_lock:
+            return max(0, self._publish_quota - self._unacked)
 
     def ack(self, items: Sequence[Inbound]) -> int:
         """PUBACK in arrival order; items from a previous connection are skipped (the broker resends them)."""
@@ -217,15 +233,24 @@ class MqttConsumer:
         return len(mids)
 
     def _on_connect(self, client: mqtt.Client, _ud: Any, flags: mqtt.ConnectFlags, rc: ReasonCode,
-                    _props: Properties | None) -> None:
+                    props: Properties | None) -> None:
         if rc.is_failure:
             log.error("broker refused the connection: %s", rc)  # stay disconnected; paho retries
             return
         self.generation += 1
         self._session_up = True
+        server_max = getattr(props, "ReceiveMaximum", None) if props is not None else None
+        self._publish_quota = min(MAX_UNACKED_PUBLISHES, server_max or MAX_UNACKED_PUBLISHES)
         client.subscribe(self.subscriptions())
         log.info("connected to mqtt://%s:%s as %s (session present: %s)", self._s.mqtt_host,
                  self._s.mqtt_port, self._s.instance, flags.session_present)
+
+    def _on_publish(self, _c: mqtt.Client, _ud: Any, _mid: int, rc: ReasonCode, _props: Properties) -> None:
+        """PUBACK of one of our publishes (called inside loop_read, so under _paho_lock)."""
+        self._unacked = max(0, self._unacked - 1)
+        if rc.is_failure and time.monotonic() - self._refusal_logged > 60:  # once a minute, not per message
+            self._refusal_logged = time.monotonic()
+            log.warning("broker refused a watermark publish: %s (check the ACL for this ingest user)", rc)
 
     def _on_subscribe(self, _c: mqtt.Client, _ud: Any, _mid: int, rcs: list[ReasonCode],
                       _props: Properties | None) -> None:

@@ -319,7 +319,7 @@ class IngestService:
         warned = float("-inf")
         while not self._stopping.wait(tick):
             try:
-                for topic, payload in self._watermarks.due():
+                for topic, payload in self._watermarks.due(room=self._consumer.publish_room()):
                     self._consumer.publish(topic, payload)
             except Exception:
                 log.exception("publishing watermarks failed; devices resend what they have not seen acknowledged")

@@ -40,6 +40,12 @@ class IngestSettings(BaseSettings):
     max_in_flight: int | None = Field(default=None, ge=1, description="ingest stops reading the socket at this "
                                       "many unacknowledged messages (brokers may ignore Receive Maximum); "
                                       "None: receive_maximum")
+    keepalive_s: int = Field(
+        default=30, ge=5, le=3600,
+        description="MQTT keepalive; a PINGRESP later than this drops the connection (all in flight is sent again). "
+        "Mosquitto before 2.0.13 queues a session's whole backlog ahead of its replies: where ingest may fall "
+        "more than this behind on such a broker, raise it (docs/operations.md)",
+    )
     writers: int = Field(default=2, ge=1, le=16,
                          description="database connections committing batches in parallel; acks stay in order")
     batch_max_messages: int = Field(default=4000, ge=1, description="flush a batch at this many messages")

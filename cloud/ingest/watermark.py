@@ -175,9 +175,11 @@ class WatermarkTracker:
             since = next(iter(self._waiting.values()), None)
         return 0.0 if since is None else max(0.0, self._clock() - since)
 
-    def due(self, force: bool = False) -> list[tuple[str, bytes]]:
+    def due(self, force: bool = False, room: int | None = None) -> list[tuple[str, bytes]]:
         """(topic, payload) for the devices with new commits whose last watermark is old enough, oldest
-        waiting first, as many as the rate bound allows now; with force, every one, however recent."""
+        waiting first, as many as the rate bound allows now and at most about `room` (what the broker
+        connection can take unacknowledged; a device's messages are never split); with force, every one,
+        however recent. A device left out keeps its place and is coalesced with its next commits."""
         now = self._clock()
         out: list[tuple[str, list[BootAck]]] = []
         with self._lock:
@@ -185,7 +187,7 @@ class WatermarkTracker:
             self._refilled = now
             done: list[str] = []
             for dev, since in self._waiting.items():
-                if not force and self._allowance < 1:
+                if not force and (self._allowance < 1 or (room is not None and len(out) >= room)):
                     break
                 d = self._devices[dev]
                 if not force and now - d.published < self._interval:

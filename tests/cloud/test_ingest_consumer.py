@@ -4,6 +4,8 @@ it up and reading nothing."""
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 import time
 
@@ -11,7 +13,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from support import mqtt_login, wait_until
 
-from cloud.ingest.consumer import Inbound, MqttConsumer
+from cloud.ingest.consumer import MAX_UNACKED_PUBLISHES, Inbound, MqttConsumer
 from ioc.stack import Stack
 from tests.conftest import ingest_settings
 
@@ -118,3 +120,30 @@ def test_large_publishes_from_another_thread_reach_the_broker_intact(stack: Stac
         sub.loop_stop()
     for i in range(topics_sent):
         assert got[f"ack/v1/big-{i}"] == body[i]
+
+
+def test_publishes_the_broker_has_not_acknowledged_stay_bounded(stack: Stack) -> None:
+    """A broker that stops acknowledging (here: frozen; in the field: saving a backlog) stops the watermarks at
+    publish_room(): before, paho queued every one without bound (58,000 at 10,000 devices) and walked them all
+    on each PUBACK. Once the broker acknowledges again the room comes back."""
+    consumer = MqttConsumer(ingest_settings(stack), lambda _m: None)
+    consumer.start()
+    assert consumer.connected.wait(10)
+    full = consumer.publish_room()
+    assert 0 < full <= MAX_UNACKED_PUBLISHES
+    pid = stack.mosquitto.pid()
+    assert pid is not None
+    sent = 0
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        while consumer.publish_room() > 0 and sent < 10 * full:
+            consumer.publish(f"ack/v1/frozen-{sent % 50}", b'{"v":1}')
+            sent += 1
+        assert sent == full
+        assert consumer.publish_room() == 0
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    try:
+        wait_until(lambda: consumer.publish_room() == full, timeout=15, what="the broker's acknowledgements")
+    finally:
+        consumer.stop()

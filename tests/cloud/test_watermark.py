@@ -228,3 +228,19 @@ def test_the_watermark_names_exactly_the_committed_messages(
     assert watcher.ahead == set(), f"watermarks claimed messages the database did not have: {sorted(watcher.ahead)}"
     assert watcher.claimed == set(seqs)
     assert stored_seqs() == set(seqs)  # the invalid ones as dead letters: in the database, not to be resent
+
+
+def test_a_broker_without_room_holds_watermarks_back_coalesced_not_lost() -> None:
+    """due(room=...) hands out no more than the broker connection can take unacknowledged; the devices left
+    out keep their place, and what they commit meanwhile goes out in their one next watermark."""
+    clock = [0.0]
+    t = WatermarkTracker("i1", min_interval_s=0.0, max_rate=10_000, clock=lambda: clock[0])
+    t.committed([(f"d{i}", ("b", 1)) for i in range(10)])
+    assert [_device_of(tp) for tp, _ in t.due(room=3)] == ["d0", "d1", "d2"]
+    assert t.due(room=0) == []
+    t.committed([("d3", ("b", 2)), ("d3", ("b", 3))])
+    clock[0] += 1
+    out = t.due(room=2)
+    assert [_device_of(tp) for tp, _ in out] == ["d3", "d4"]  # oldest waiting first, as before
+    assert Watermark.model_validate_json(out[0][1]).boots[0].ranges == [(1, 3)]  # one message for all three
+    assert [_device_of(tp) for tp, _ in t.due(room=100)] == [f"d{i}" for i in range(5, 10)]
