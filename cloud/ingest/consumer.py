@@ -179,7 +179,7 @@ class MqttConsumer:
             self._last_read = time.monotonic()
             return self._io(c, 0.1)
         now = time.monotonic()
-        if now - self._last_read >= self._s.keepalive_s / 2 and self._in_flight() < 2 * bound:
+        if now - self._last_read >= c.keepalive / 2 and self._in_flight() < 2 * bound:
             self._last_read = now
             return self._io(c, 0)  # one read: lets the PINGRESP in, keeps the session alive
         return self._io(c, 0.01, read=False)  # writes and keepalive only
@@ -215,13 +215,18 @@ class MqttConsumer:
         in paho's output queue while the broker reads slowly (ingest's memory grew ~3.5 MB/s that way)."""
         with self._paho_lock:
             info = self._client.publish(topic, payload, qos=1, retain=True)
-            self._unacked += 1
+            if info.rc != MQTTErrorCode.MQTT_ERR_QUEUE_SIZE:  # else paho kept nothing (its message ids ran out)
+                self._unacked += 1
             return info
 
     def publish_room(self) -> int:
         """How many more publishes the broker may have unacknowledged now: a broker that acknowledges slowly
-        (a backlog, a save) slows the watermarks down instead of growing a queue in this process."""
+        (a backlog, a save) slows the watermarks down instead of growing a queue in this process. None until
+        the broker has confirmed the session: paho resends the older unacknowledged ones first then, and a
+        newer watermark sent before them would be overwritten by an older one as the retained message."""
         with self._paho_lock:
+            if not self._session_up:
+                return 0
             return max(0, self._publish_quota - self._unacked)
 
     def ack(self, items: Sequence[Inbound]) -> int:

@@ -331,11 +331,12 @@ class IngestService:
                             wait, self.settings.watermark_max_rate)
 
     def _flush_watermarks(self, timeout: float = 2.0) -> None:
-        """On the way out: the last commits' watermarks, whatever the rate bound, so connected devices
-        need not wait for a resend to forget what is already stored."""
+        """On the way out: the last commits' watermarks, whatever the rate bound (within what the broker may
+        have unacknowledged), so connected devices need not wait for a resend to forget what is stored."""
         if self._watermarks is None:
             return
-        sent = [self._consumer.publish(t, p) for t, p in self._watermarks.due(force=True)]
+        sent = [self._consumer.publish(t, p)
+                for t, p in self._watermarks.due(force=True, room=self._consumer.publish_room())]
         deadline = time.monotonic() + timeout
         for info in sent:
             with contextlib.suppress(RuntimeError, ValueError):  # not connected: the device resends instead

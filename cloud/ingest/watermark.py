@@ -107,6 +107,15 @@ class _Device:
     boots: dict[str, _Boot] = field(default_factory=dict)  # insertion order = least recent first
     published: float = float("-inf")
 
+    def message_count(self) -> int:
+        """How many messages messages() would return now (without changing anything)."""
+        older = 0
+        for b in self.boots.values():
+            if b.history:
+                n = sum(1 for r in b.fresh if r[1] < b.history[0][0])
+                older += -(-n // MAX_RANGES)
+        return older + 1
+
     def messages(self) -> list[list[BootAck]]:
         """The watermarks to publish now: the full state last (that one stays retained), before it, in
         chunks, whatever was committed since the last publish but fell out of the bounded history (one
@@ -177,9 +186,10 @@ class WatermarkTracker:
 
     def due(self, force: bool = False, room: int | None = None) -> list[tuple[str, bytes]]:
         """(topic, payload) for the devices with new commits whose last watermark is old enough, oldest
-        waiting first, as many as the rate bound allows now and at most about `room` (what the broker
-        connection can take unacknowledged; a device's messages are never split); with force, every one,
-        however recent. A device left out keeps its place and is coalesced with its next commits."""
+        waiting first, as many as the rate bound allows now and at most `room` (what the broker connection
+        can take unacknowledged; a device's messages are not split, so one device alone may exceed it); with
+        force, every one however recent, the rate aside, still within `room`. A device left out keeps its
+        place and is coalesced with its next commits."""
         now = self._clock()
         out: list[tuple[str, list[BootAck]]] = []
         with self._lock:
@@ -187,11 +197,13 @@ class WatermarkTracker:
             self._refilled = now
             done: list[str] = []
             for dev, since in self._waiting.items():
-                if not force and (self._allowance < 1 or (room is not None and len(out) >= room)):
+                if not force and self._allowance < 1:
                     break
                 d = self._devices[dev]
                 if not force and now - d.published < self._interval:
                     continue  # published a moment ago: it keeps its place in the queue
+                if room is not None and (len(out) >= room or (out and len(out) + d.message_count() > room)):
+                    break
                 d.published = now
                 done.append(dev)
                 self.max_wait_s = max(self.max_wait_s, now - since)

@@ -244,3 +244,16 @@ def test_a_broker_without_room_holds_watermarks_back_coalesced_not_lost() -> Non
     assert [_device_of(tp) for tp, _ in out] == ["d3", "d4"]  # oldest waiting first, as before
     assert Watermark.model_validate_json(out[0][1]).boots[0].ranges == [(1, 3)]  # one message for all three
     assert [_device_of(tp) for tp, _ in t.due(room=100)] == [f"d{i}" for i in range(5, 10)]
+
+
+def test_room_is_not_exceeded_by_a_device_with_several_messages_unless_it_is_alone() -> None:
+    """A device whose commits since its last watermark fell out of the bounded history needs several messages;
+    it waits for room for all of them rather than overfilling the broker's window (alone, it goes anyway)."""
+    t = WatermarkTracker("i1", min_interval_s=0.0, max_rate=10_000, clock=lambda: 0.0)
+    t.committed([("many", ("b", s)) for s in range(0, 4 * MAX_RANGES, 2)])  # every other seq: 2x MAX_RANGES ranges
+    t.committed([("one", ("b", 1))])
+    out = t.due(room=2)
+    assert [_device_of(tp) for tp, _ in out] == ["many"] * 2  # alone: not split, however large
+    t.committed([("many", ("b", s)) for s in range(4 * MAX_RANGES, 8 * MAX_RANGES, 2)])  # 2 messages again
+    assert [_device_of(tp) for tp, _ in t.due(room=2)] == ["one"]  # "many" no longer fits behind it
+    assert [_device_of(tp) for tp, _ in t.due(room=2)] == ["many"] * 2
