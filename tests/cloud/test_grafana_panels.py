@@ -90,6 +90,7 @@ class Seed:
     alarm_id: int = 0
     class_totals: dict[str, int] = field(default_factory=dict)
     direction_totals: dict[str, int] = field(default_factory=dict)
+    refreshed_at: datetime | None = None  # the database's clock at our upkeep pass (it stored vn_aqi_1h)
 
 
 def _letters(n: int = 10) -> str:
@@ -182,6 +183,8 @@ def seed(stack: Stack) -> Iterator[Seed]:
         conn.cursor().executemany("INSERT INTO rollup_dirty (instance, bucket) VALUES (%s, %s)"
                                   " ON CONFLICT DO NOTHING", [(s.instance, m) for m in minutes])
         wait_until(lambda: run_maintenance(conn).ran, what="an upkeep pass of our own")
+        row = conn.execute("SELECT now()").fetchone()
+        s.refreshed_at = row[0] if row else None
     yield s
     with psycopg.connect(stack.dsn, autocommit=True) as conn:
         devs = [s.env, s.cam]
@@ -349,12 +352,13 @@ def _tail(check: Check, n: int) -> Check:
 
 
 def expected_aqi(s: Seed) -> dict[datetime, int]:
-    """VN_AQI per hour up to the current one, computed by the Python implementation from the seeded readings.
+    """VN_AQI per hour up to the one the seed's upkeep pass ran in, computed by the Python implementation from
+    the seeded readings.
 
     An hour without readings of its own still has a NowCast when 2 of its last 3 hours have some (the current
     hour, in its first minutes, before the seeded readings reach it)."""
     means = {h: sum(v) / len(v) for h, v in s.pm25_hourly.items()}
-    now = datetime.now(UTC)
+    now = s.refreshed_at or datetime.now(UTC)  # not the clock now: a check after the top of the hour saw one more
     hours = [min(means) + timedelta(hours=i)
              for i in range(int((max(means) - min(means)) / timedelta(hours=1)) + 12)]
     out = {}
