@@ -221,8 +221,8 @@ class MqttConsumer:
 
     def publish_room(self) -> int:
         """How many more publishes the broker may have unacknowledged now: a broker that acknowledges slowly
-        (a backlog, a save) slows the watermarks down instead of growing a queue in this process. None until
-        the broker has confirmed the session: paho resends the older unacknowledged ones first then, and a
+        (a backlog, a save) slows the watermarks down instead of growing a queue in this process. Zero until
+        the broker has confirmed the session: paho resends the older unacknowledged ones then (under the lock), and a
         newer watermark sent before them would be overwritten by an older one as the retained message."""
         with self._paho_lock:
             if not self._session_up:
