@@ -101,6 +101,10 @@ class _Boot:
     history: list[list[int]] = field(default_factory=list)  # committed, the newest MAX_RANGES ranges
     fresh: list[list[int]] = field(default_factory=list)  # committed since the last publish, unbounded
 
+    def fell_out(self) -> list[list[int]]:
+        """The fresh ranges older than the bounded history: they need messages of their own."""
+        return [r for r in self.fresh if r[1] < self.history[0][0]] if self.history else []
+
 
 @dataclass
 class _Device:
@@ -109,12 +113,7 @@ class _Device:
 
     def message_count(self) -> int:
         """How many messages messages() would return now (without changing anything)."""
-        older = 0
-        for b in self.boots.values():
-            if b.history:
-                n = sum(1 for r in b.fresh if r[1] < b.history[0][0])
-                older += -(-n // MAX_RANGES)
-        return older + 1
+        return 1 + sum(-(-len(b.fell_out()) // MAX_RANGES) for b in self.boots.values())
 
     def messages(self) -> list[list[BootAck]]:
         """The watermarks to publish now: the full state last (that one stays retained), before it, in
@@ -122,11 +121,10 @@ class _Device:
         device's messages alternating between processes of a share group make one range each)."""
         out: list[list[BootAck]] = []
         for boot, b in self.boots.items():
-            if b.history:
-                older = [r for r in b.fresh if r[1] < b.history[0][0]]
-                for i in range(0, len(older), MAX_RANGES):
-                    chunk = older[i : i + MAX_RANGES]
-                    out.append([BootAck(boot_id=boot, seq=chunk[-1][1], ranges=[(lo, hi) for lo, hi in chunk])])
+            older = b.fell_out()
+            for i in range(0, len(older), MAX_RANGES):
+                chunk = older[i : i + MAX_RANGES]
+                out.append([BootAck(boot_id=boot, seq=chunk[-1][1], ranges=[(lo, hi) for lo, hi in chunk])])
             b.fresh = []
         out.append([BootAck(boot_id=boot, seq=b.history[-1][1], ranges=[(lo, hi) for lo, hi in b.history])
                     for boot, b in reversed(self.boots.items()) if b.history])
